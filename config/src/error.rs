@@ -1,0 +1,66 @@
+//! The config crate's error: which file, what went wrong, never a secret value.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A file could not be read or written as krouter requires.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on `path` failed.
+    #[error("{path}: could not {action}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was attempted, such as "read the file".
+        action: &'static str,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A file that must be new already exists.
+    #[error("{path} already exists; refusing to overwrite it")]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A secret file can be read by other users.
+    #[error(
+        "{path} can be read by group or others (mode {mode:o}); run `chmod 600` on it before krouter will use it"
+    )]
+    Permissions {
+        /// The secret file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file is larger than krouter accepts for its kind.
+    #[error("{path}: the file is larger than {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The policy's detached signature file does not exist.
+    #[error(
+        "{path}: the policy is not signed (no signature file); sign it with `krouter-admin policy sign`"
+    )]
+    MissingSignature {
+        /// The expected `.sig` path.
+        path: PathBuf,
+    },
+    /// A trusted key file is malformed or repeated.
+    #[error(transparent)]
+    TrustedKey(#[from] krouter_policy::KeyFileError),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}

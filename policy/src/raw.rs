@@ -1,0 +1,296 @@
+//! The policy file as written: serde types with `deny_unknown_fields` and spans for line
+//! numbers. Nothing outside this crate sees these types; [`crate::validate`] turns them into
+//! the model. Every field is optional here so that a missing one is reported by validation,
+//! together with every other problem, rather than stopping the parse.
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeTable;
+
+use crate::error::{Error, Problem};
+use crate::tree::{self, Lines};
+
+/// Most type errors reported before the parse gives up on a badly broken file.
+const MAX_TYPE_ERRORS: usize = 50;
+
+/// The root of the policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub(crate) serial: Option<Spanned<i64>>,
+    pub(crate) access: Option<Spanned<RawAccess>>,
+    #[serde(default)]
+    pub(crate) providers: Vec<Spanned<RawProvider>>,
+    #[serde(default)]
+    pub(crate) routes: Vec<Spanned<RawRoute>>,
+    pub(crate) resilience: Option<Spanned<RawResilience>>,
+    pub(crate) logging: Option<Spanned<RawLogging>>,
+}
+
+/// `[access]`: who may call krouter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccess {
+    pub(crate) require_api_keys: Option<Spanned<bool>>,
+    pub(crate) ip_allow: Option<Vec<Spanned<String>>>,
+    pub(crate) ip_deny: Option<Vec<Spanned<String>>>,
+    pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(crate) cors_origins: Option<Vec<Spanned<String>>>,
+    pub(crate) lockout: Option<Spanned<RawLockout>>,
+    pub(crate) groups: Option<Vec<Spanned<RawGroup>>>,
+}
+
+/// `[access.lockout]`: brute-force thresholds per client address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLockout {
+    pub(crate) max_failures: Option<Spanned<i64>>,
+    pub(crate) window_secs: Option<Spanned<i64>>,
+    pub(crate) lockout_secs: Option<Spanned<i64>>,
+}
+
+/// `[[access.groups]]`: what the keys of one group may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGroup {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) models: Option<Vec<Spanned<String>>>,
+    pub(crate) requests_per_minute: Option<Spanned<i64>>,
+    pub(crate) tokens_per_day: Option<Spanned<i64>>,
+    pub(crate) tokens_per_month: Option<Spanned<i64>>,
+    pub(crate) no_log: Option<Spanned<bool>>,
+}
+
+/// `[[providers]]`: one upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProvider {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) kind: Option<Spanned<String>>,
+    pub(crate) base_url: Option<Spanned<String>>,
+    pub(crate) credential: Option<Spanned<String>>,
+    pub(crate) models: Option<Vec<Spanned<String>>>,
+    pub(crate) connect_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) first_byte_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) idle_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) total_timeout_ms: Option<Spanned<i64>>,
+}
+
+/// `[[routes]]`: a client-facing model name and its ordered targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) model: Option<Spanned<String>>,
+    pub(crate) targets: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[resilience]`: retries, backoff and the circuit breaker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResilience {
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) backoff_initial_ms: Option<Spanned<i64>>,
+    pub(crate) backoff_max_ms: Option<Spanned<i64>>,
+    pub(crate) retry_budget_ms: Option<Spanned<i64>>,
+    pub(crate) rate_limit_cooldown_secs: Option<Spanned<i64>>,
+    pub(crate) stream_first_content_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) breaker: Option<Spanned<RawBreaker>>,
+}
+
+/// `[resilience.breaker]`: per-target circuit breaker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub(crate) failure_threshold: Option<Spanned<i64>>,
+    pub(crate) open_secs: Option<Spanned<i64>>,
+    pub(crate) half_open_probes: Option<Spanned<i64>>,
+}
+
+/// `[logging]`: what the proxy records about requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogging {
+    pub(crate) request_metadata: Option<Spanned<bool>>,
+    pub(crate) retention_days: Option<Spanned<i64>>,
+}
+
+/// The typed tree, the problems found on the way, and the fields dropped for having the
+/// wrong type (validation must not report those again as missing).
+pub(crate) struct Parsed {
+    pub(crate) raw: RawPolicy,
+    pub(crate) lines: Lines,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) dropped: Vec<String>,
+}
+
+/// Parses `text` into the raw tree, collecting secret-looking literals, unknown fields and
+/// type errors. Only a syntax error stops it.
+pub(crate) fn parse(file: &str, text: &str) -> Result<Parsed, Error> {
+    let lines = Lines::new(text);
+    let mut doc = DeTable::parse(text).map_err(|e| Error::Syntax {
+        file: file.to_owned(),
+        line: lines.of(e.span()),
+        what: syntax_message(e.message()),
+    })?;
+    let mut problems = Vec::new();
+    tree::scan_secrets(doc.get_ref(), &lines, "", &mut problems);
+    sweep(doc.get_mut(), &lines, &mut problems);
+
+    let mut dropped = Vec::new();
+    for _ in 0..MAX_TYPE_ERRORS {
+        match RawPolicy::deserialize(toml::de::Deserializer::from(doc.clone())) {
+            Ok(raw) => {
+                return Ok(Parsed {
+                    raw,
+                    lines,
+                    problems,
+                    dropped,
+                });
+            }
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                let steps = tree::path_at(doc.get_ref(), offset);
+                let path = tree::render(&steps);
+                problems.push(Problem::new(
+                    lines.line(offset),
+                    path.clone(),
+                    type_message(e.message()),
+                ));
+                if !tree::remove_at(doc.get_mut(), &steps) {
+                    break;
+                }
+                // The removed entry is the deepest key on the path.
+                let key_path = match steps.iter().rposition(|s| matches!(s, tree::Step::Key(_))) {
+                    Some(i) => tree::render(steps.get(..=i).unwrap_or(&[])),
+                    None => path,
+                };
+                dropped.push(key_path);
+            }
+        }
+    }
+    Err(Error::Invalid(crate::error::Problems::new(file, problems)))
+}
+
+/// Reports and removes unknown fields at every level the schema defines.
+fn sweep(root: &mut DeTable<'_>, lines: &Lines, out: &mut Vec<Problem>) {
+    use tree::{fields_of, sweep_unknown, table_mut, tables_mut};
+
+    sweep_unknown(root, fields_of::<RawPolicy>(), "", lines, out);
+    if let Some(access) = table_mut(root, "access") {
+        sweep_unknown(access, fields_of::<RawAccess>(), "access", lines, out);
+        if let Some(lockout) = table_mut(access, "lockout") {
+            let fields = fields_of::<RawLockout>();
+            sweep_unknown(lockout, fields, "access.lockout", lines, out);
+        }
+        for (i, group) in tables_mut(access, "groups") {
+            let path = format!("access.groups[{i}]");
+            sweep_unknown(group, fields_of::<RawGroup>(), &path, lines, out);
+        }
+    }
+    for (i, provider) in tables_mut(root, "providers") {
+        let path = format!("providers[{i}]");
+        sweep_unknown(provider, fields_of::<RawProvider>(), &path, lines, out);
+    }
+    for (i, route) in tables_mut(root, "routes") {
+        let path = format!("routes[{i}]");
+        sweep_unknown(route, fields_of::<RawRoute>(), &path, lines, out);
+    }
+    if let Some(resilience) = table_mut(root, "resilience") {
+        let fields = fields_of::<RawResilience>();
+        sweep_unknown(resilience, fields, "resilience", lines, out);
+        if let Some(breaker) = table_mut(resilience, "breaker") {
+            let fields = fields_of::<RawBreaker>();
+            sweep_unknown(breaker, fields, "resilience.breaker", lines, out);
+        }
+    }
+    if let Some(logging) = table_mut(root, "logging") {
+        sweep_unknown(logging, fields_of::<RawLogging>(), "logging", lines, out);
+    }
+}
+
+/// A serde type error without the offending value: serde quotes the value it found
+/// (`invalid type: string "...", expected i64`), and that value could be a secret.
+fn type_message(message: &str) -> String {
+    let message = message.lines().next().unwrap_or_default();
+    let expected = message
+        .rsplit_once(", expected ")
+        .map(|(_, expected)| expected);
+    let found = [
+        "string", "integer", "float", "boolean", "datetime", "sequence", "map",
+    ]
+    .into_iter()
+    .find(|kind| {
+        message.starts_with(&format!("invalid type: {kind}"))
+            || (*kind == "map" && message.starts_with("invalid type: map"))
+    });
+    match (found, expected) {
+        (Some(found), Some(expected)) => {
+            format!(
+                "wrong type: found {}, expected {expected}",
+                toml_name(found)
+            )
+        }
+        (None, Some(expected)) => format!("invalid value: expected {expected}"),
+        _ if message.contains('"') || message.contains('`') => "invalid value".to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+/// serde's name for a kind of value, as an operator reading TOML calls it.
+fn toml_name(serde_kind: &str) -> &str {
+    match serde_kind {
+        "sequence" => "an array",
+        "map" => "a table",
+        "string" => "a string",
+        "integer" => "an integer",
+        "float" => "a float",
+        "boolean" => "a boolean",
+        other => other,
+    }
+}
+
+/// The TOML parser's description without any quoted input.
+fn syntax_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    if first.is_empty() {
+        "syntax error".to_owned()
+    } else {
+        first.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_messages_never_carry_the_value() {
+        let m = type_message("invalid type: string \"hunter2\", expected i64");
+        assert_eq!(m, "wrong type: found a string, expected i64");
+        let m = type_message("invalid type: sequence, expected a boolean");
+        assert_eq!(m, "wrong type: found an array, expected a boolean");
+        assert_eq!(type_message("odd \"hunter2\""), "invalid value");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let Err(Error::Syntax { line, .. }) = parse("p.toml", "serial = 1\n[access\n") else {
+            panic!("expected a syntax error");
+        };
+        assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_and_dropped() {
+        let text = "serial = \"one\"\n[access]\nrequire_api_keys = 3\n";
+        let parsed = parse("p.toml", text).unwrap();
+        let paths: Vec<_> = parsed
+            .problems
+            .iter()
+            .map(|p| p.path().to_owned())
+            .collect();
+        assert_eq!(paths, ["access.require_api_keys", "serial"]);
+        assert_eq!(parsed.dropped.len(), 2);
+        assert!(parsed.raw.serial.is_none());
+    }
+}
