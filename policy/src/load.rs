@@ -127,9 +127,9 @@ impl CredentialNames for BTreeSet<String> {
     }
 }
 
-impl CredentialNames for [&str] {
+impl<const N: usize> CredentialNames for [&str; N] {
     fn contains(&self, name: &str) -> bool {
-        self.contains(&name)
+        <[&str]>::contains(self, &name)
     }
 }
 

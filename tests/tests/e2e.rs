@@ -1,1 +1,14 @@
-//! placeholder
+//! End-to-end tests: the real binaries, run as an operator or a script would. One test
+//! binary for the whole package (link time on 2 cores); one module per area.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests: helpers fail the test by panicking"
+)]
+
+mod e2e {
+    mod policy_cli;
+}

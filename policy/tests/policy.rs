@@ -1,0 +1,430 @@
+//! The policy contract, through the public API only: the issue's minimal file validates,
+//! each validation rule has a table row (what is written → which line, field and message),
+//! and load's order and rollback rules hold.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration tests: helpers fail the test by panicking"
+)]
+
+use krouter_policy::{
+    AcceptedPolicy, Error, PolicyFiles, SignatureError, SigningKey, SkipCredentialCheck,
+    TrustedKeys, check, load,
+};
+
+/// The file from the foundation issue, verbatim: it must validate.
+const MINIMAL: &str = r#"serial = 1                      # integer; must never decrease
+
+[access]
+require_api_keys = true         # default true
+
+[[providers]]
+name = "local"
+kind = "openai-compatible"      # "openai" | "anthropic" | "openai-compatible"
+base_url = "http://127.0.0.1:11434/v1"
+# credential = "openai-main"    # name of a stored credential; optional for local servers
+
+[[routes]]
+model = "llama"                 # the model name clients send
+targets = ["local:llama3.1"]    # provider:upstream-model, tried in order
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    match check("policy.toml", text.as_bytes(), &SkipCredentialCheck) {
+        Ok(_) => Vec::new(),
+        Err(Error::Invalid(p)) => p.lines(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+/// A runtime-made string with the shape of a provider key, so no real-looking secret is
+/// committed.
+fn fake_key(prefix: &str) -> String {
+    let mut s = prefix.to_owned();
+    for i in 0..40u32 {
+        let c = b"Ab3dE5gH7jK9mN1pQ2sT4vW6yZ8"[(i * 7 % 27) as usize];
+        s.push(char::from(c));
+    }
+    s
+}
+
+#[test]
+fn the_minimal_policy_validates_with_documented_defaults() {
+    let summary = check("policy.toml", MINIMAL.as_bytes(), &SkipCredentialCheck).unwrap();
+    assert_eq!(summary.serial, 1);
+    assert!(summary.require_api_keys);
+    assert_eq!(summary.providers, ["local"]);
+    assert_eq!(summary.routes, ["llama"]);
+    assert_eq!(summary.groups, ["default"]);
+}
+
+#[test]
+fn the_documented_example_validates() {
+    let text = include_str!("../../docs/examples/policy.toml");
+    assert_eq!(problems(text), Vec::<String>::new());
+}
+
+/// Each row: text appended to or replacing the minimal policy → the one problem expected,
+/// as `line path: message fragment`.
+#[test]
+fn every_validation_rule_names_line_field_and_problem() {
+    let base = MINIMAL;
+    let with = |extra: &str| format!("{base}{extra}");
+    let openai_key = fake_key("sk-");
+    let anthropic_key = fake_key("sk-ant-api03-");
+    let aws_key: String = format!(
+        "AKIA{}",
+        fake_key("").to_ascii_uppercase().get(..16).unwrap()
+    );
+    let rows: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown root field",
+            format!("colour = \"blue\"\n{base}"),
+            ":1 colour: unknown field",
+        ),
+        (
+            "unknown nested field",
+            base.replace("require_api_keys = true", "require_keys = true"),
+            ":4 access.require_keys: unknown field",
+        ),
+        (
+            "wrong type",
+            base.replace("require_api_keys = true ", "require_api_keys = 1 "),
+            ":4 access.require_api_keys: wrong type: found an integer",
+        ),
+        (
+            "serial zero",
+            base.replace("serial = 1 ", "serial = 0 "),
+            ":1 serial: must be a positive integer",
+        ),
+        (
+            "serial missing",
+            base.replace("serial = 1 ", "#"),
+            ":1 serial: missing required field",
+        ),
+        (
+            "duplicate provider",
+            with(
+                "[[providers]]\nname = \"local\"\nkind = \"openai-compatible\"\nbase_url = \"http://10.0.0.2/v1\"\n",
+            ),
+            ":16 providers[1].name: duplicate provider `local`",
+        ),
+        (
+            "duplicate route",
+            with("[[routes]]\nmodel = \"llama\"\ntargets = [\"local:x\"]\n"),
+            ":16 routes[1].model: duplicate route for model `llama`",
+        ),
+        (
+            "dangling target",
+            base.replace("local:llama3.1", "remote:llama3.1"),
+            ":14 routes[0].targets[0]: no provider named `remote`",
+        ),
+        (
+            "target without colon",
+            base.replace("local:llama3.1", "llama3.1"),
+            ":14 routes[0].targets[0]: a target is \"provider:model\"",
+        ),
+        (
+            "empty targets",
+            base.replace("[\"local:llama3.1\"]", "[]"),
+            ":14 routes[0].targets: a route needs at least one target",
+        ),
+        (
+            "duplicate target",
+            base.replace("[\"local:llama3.1\"]", "[\"local:a\", \"local:a\"]"),
+            ":14 routes[0].targets[1]: the same target is listed twice",
+        ),
+        (
+            "missing provider kind",
+            base.replace("kind = \"openai-compatible\"", ""),
+            ":6 providers[0].kind: missing required field",
+        ),
+        (
+            "unknown kind",
+            base.replace("\"openai-compatible\"      #", "\"ollama\" #"),
+            ":8 providers[0].kind: unknown kind",
+        ),
+        (
+            "bad provider name",
+            base.replace("name = \"local\"", "name = \"my provider\"")
+                .replace("local:", "my provider:"),
+            ":7 providers[0].name: `my provider` is not a valid name",
+        ),
+        (
+            "ssrf metadata",
+            base.replace("127.0.0.1:11434", "169.254.169.254"),
+            ":9 providers[0].base_url:",
+        ),
+        (
+            "ssrf scheme",
+            base.replace("http://127.0.0.1:11434/v1", "file:///etc/passwd"),
+            ":9 providers[0].base_url:",
+        ),
+        (
+            "cloud kind needs a credential",
+            base.replace("\"openai-compatible\"      #", "\"openai\" #"),
+            ":6 providers[0].credential: a provider of kind \"openai\" needs a credential",
+        ),
+        (
+            "credential over plain http to a public host",
+            base.replace("http://127.0.0.1:11434/v1", "http://api.example.com/v1")
+                .replace("# credential =", "credential ="),
+            ":9 providers[0].base_url: a credential would be sent over plain http",
+        ),
+        (
+            "timeout out of range",
+            base.replace("# credential", "connect_timeout_ms = 0\n# credential"),
+            ":10 providers[0].connect_timeout_ms: must be between 1 and 120000, got 0",
+        ),
+        (
+            "bad cidr",
+            base.replace("require_api_keys = true", "ip_allow = [\"10.0.0.0/33\"]"),
+            ":4 access.ip_allow[0]: not an IP address or CIDR network",
+        ),
+        (
+            "wildcard cors",
+            base.replace("require_api_keys = true", "cors_origins = [\"*\"]"),
+            ":4 access.cors_origins[0]: a wildcard origin is not allowed",
+        ),
+        (
+            "cors origin with a path",
+            base.replace(
+                "require_api_keys = true",
+                "cors_origins = [\"https://a.example/x\"]",
+            ),
+            ":4 access.cors_origins[0]: an origin is exactly scheme://host[:port]",
+        ),
+        (
+            "lockout out of range",
+            with("[access.lockout]\nmax_failures = 0\n"),
+            ":16 access.lockout.max_failures: must be between 1 and 1000",
+        ),
+        (
+            "group naming a missing route",
+            with("[[access.groups]]\nname = \"team\"\nmodels = [\"gpt\"]\n"),
+            ":17 access.groups[0].models[0]: no route for model `gpt`",
+        ),
+        (
+            "duplicate group",
+            with("[[access.groups]]\nname = \"a\"\n[[access.groups]]\nname = \"a\"\n"),
+            ":18 access.groups[1].name: duplicate group `a`",
+        ),
+        (
+            "wildcard mixed with models",
+            with("[[access.groups]]\nname = \"a\"\nmodels = [\"*\", \"llama\"]\n"),
+            ":17 access.groups[0].models[0]: \"*\" (every route) must be the only entry",
+        ),
+        (
+            "negative budget",
+            with("[[access.groups]]\nname = \"a\"\ntokens_per_day = -5\n"),
+            ":17 access.groups[0].tokens_per_day: must be between 1 and",
+        ),
+        (
+            "backoff max below initial",
+            with("[resilience]\nbackoff_initial_ms = 500\nbackoff_max_ms = 100\n"),
+            ":17 resilience.backoff_max_ms: must be at least resilience.backoff_initial_ms",
+        ),
+        (
+            "breaker out of range",
+            with("[resilience.breaker]\nfailure_threshold = 0\n"),
+            ":16 resilience.breaker.failure_threshold: must be between 1 and 1000",
+        ),
+        (
+            "retention out of range",
+            with("[logging]\nretention_days = 0\n"),
+            ":16 logging.retention_days: must be between 1 and 3650",
+        ),
+        (
+            "openai key literal",
+            with(&format!(
+                "[logging]\nretention_days = 1\n# x\n[[routes]]\nmodel = \"{openai_key}\"\ntargets = [\"local:a\"]\n"
+            )),
+            ":19 routes[1].model: looks like a secret (an OpenAI-style API key)",
+        ),
+        (
+            "anthropic key literal in an unknown field",
+            base.replace(
+                "# credential = \"openai-main\"",
+                &format!("api_key = \"{anthropic_key}\""),
+            ),
+            ":10 providers[0].api_key: looks like a secret (an Anthropic API key)",
+        ),
+        (
+            "aws key literal",
+            base.replace("\"llama\"  ", &format!("\"{aws_key}\"")),
+            ":13 routes[0].model: looks like a secret (an AWS access key id)",
+        ),
+        (
+            "high entropy literal",
+            base.replace("\"llama\"  ", &format!("\"{}\"", fake_key("x"))),
+            ":13 routes[0].model: looks like a secret (a long random string)",
+        ),
+    ];
+    for (name, text, want) in rows {
+        let got = problems(&text);
+        assert!(
+            got.iter().any(|line| line.contains(want)),
+            "{name}: wanted a problem containing {want:?}, got {got:#?}"
+        );
+        for secret in [&openai_key, &anthropic_key, &aws_key] {
+            assert!(
+                got.iter().all(|line| !line.contains(secret.as_str())),
+                "{name}: a message echoed a secret: {got:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = MINIMAL
+        .replace("serial = 1 ", "serial = -1 ")
+        .replace(
+            "require_api_keys = true",
+            "require_api_keys = true\nextra = 1",
+        )
+        .replace("local:llama3.1", "nowhere:llama3.1")
+        .replace("127.0.0.1:11434", "169.254.169.254");
+    let got = problems(&text);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let lines: Vec<_> = got
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "policy.toml:1",
+            "policy.toml:5",
+            "policy.toml:10",
+            "policy.toml:15"
+        ]
+    );
+}
+
+#[test]
+fn syntax_and_encoding_errors_name_the_line() {
+    let err = check("p.toml", b"serial = 1\n[access\n", &SkipCredentialCheck).unwrap_err();
+    assert!(
+        err.to_string().starts_with("p.toml:2: not valid TOML"),
+        "{err}"
+    );
+    let err = check("p.toml", b"serial = 1\n\xff\n", &SkipCredentialCheck).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("p.toml:2: not valid TOML: the file is not UTF-8"),
+        "{err}"
+    );
+    let big = vec![b'#'; krouter_policy::MAX_POLICY_BYTES + 1];
+    assert!(matches!(
+        check("p.toml", &big, &SkipCredentialCheck),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn credentials_are_checked_against_the_store_when_one_is_given() {
+    let text = MINIMAL.replace("# credential = \"openai-main\"", "credential = \"ollama\"");
+    let err = check("policy.toml", text.as_bytes(), &["other"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no stored credential named `ollama`"),
+        "{err}"
+    );
+    assert!(check("policy.toml", text.as_bytes(), &["ollama"]).is_ok());
+}
+
+fn signed(key: &SigningKey, text: &str) -> (Vec<u8>, String) {
+    (
+        text.as_bytes().to_vec(),
+        key.sign(text.as_bytes()).to_file_text(),
+    )
+}
+
+fn load_with(
+    trusted: &TrustedKeys,
+    bytes: &[u8],
+    sig: &str,
+    last: Option<&AcceptedPolicy>,
+) -> Result<krouter_policy::Policy, Error> {
+    load(
+        PolicyFiles {
+            name: "policy.toml",
+            bytes,
+            sig_name: "policy.toml.sig",
+            sig: sig.as_bytes(),
+        },
+        trusted,
+        last,
+        &SkipCredentialCheck,
+    )
+}
+
+#[test]
+fn load_verifies_before_it_parses() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert("k.pub", key.trusted_key()).unwrap();
+    // An invalid file with a bad signature is a signature error, not a parse error: no
+    // unsigned byte reaches the parser.
+    let (_, sig) = signed(&key, MINIMAL);
+    let err = load_with(&trusted, b"[not toml", &sig, None).unwrap_err();
+    assert!(
+        matches!(err, Error::Signature(SignatureError::Mismatch { .. })),
+        "{err}"
+    );
+    // A validly signed but invalid policy is still refused, with its problems.
+    let (bytes, sig) = signed(&key, "serial = 1\nbogus = true\n");
+    let err = load_with(&trusted, &bytes, &sig, None).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    let (bytes, sig) = signed(&key, MINIMAL);
+    let policy = load_with(&trusted, &bytes, &sig, None).unwrap();
+    assert_eq!(policy.signer(), Some(key.key_id()));
+    assert_eq!(
+        policy.route("llama").unwrap().targets()[0].to_string(),
+        "local:llama3.1"
+    );
+    assert_eq!(policy.upstream_ports(), [11434]);
+}
+
+#[test]
+fn rollback_and_reused_serials_are_refused() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert("k.pub", key.trusted_key()).unwrap();
+    let v2 = MINIMAL.replace("serial = 1 ", "serial = 2 ");
+    let (bytes, sig) = signed(&key, &v2);
+    let accepted = load_with(&trusted, &bytes, &sig, None).unwrap().accepted();
+
+    let (bytes, sig) = signed(&key, MINIMAL);
+    let err = load_with(&trusted, &bytes, &sig, Some(&accepted)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Rollback {
+                accepted: 2,
+                got: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let changed = v2.replace("llama3.1", "llama3.2");
+    let (bytes, sig) = signed(&key, &changed);
+    let err = load_with(&trusted, &bytes, &sig, Some(&accepted)).unwrap_err();
+    assert!(
+        matches!(err, Error::SerialReused { serial: 2, .. }),
+        "{err}"
+    );
+
+    // The same file again (a restart) and a higher serial are both fine.
+    let (bytes, sig) = signed(&key, &v2);
+    assert!(load_with(&trusted, &bytes, &sig, Some(&accepted)).is_ok());
+    let v3 = changed.replace("serial = 2 ", "serial = 3 ");
+    let (bytes, sig) = signed(&key, &v3);
+    assert!(load_with(&trusted, &bytes, &sig, Some(&accepted)).is_ok());
+}

@@ -1,0 +1,93 @@
+//! The real `krouter` and `krouter-admin` binaries, built once per test run with the same
+//! profile and target directory as the tests themselves, so a test never runs a stale binary.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The directory holding the binaries (`target/debug` or `target/release`).
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary knows its path");
+        // target/<profile>/deps/e2e-<hash>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries live in target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let release = profile_dir.file_name() == Some(OsStr::new("release"));
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--locked", "--bins"])
+            .args(["-p", "krouter-admin", "-p", "krouter-proxy"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the krouter binaries failed");
+        profile_dir.to_owned()
+    })
+}
+
+/// Path of the `krouter-admin` binary, built if needed.
+pub fn admin_path() -> PathBuf {
+    bin_dir().join("krouter-admin")
+}
+
+/// Path of the `krouter` binary, built if needed.
+pub fn proxy_path() -> PathBuf {
+    bin_dir().join("krouter")
+}
+
+/// A finished command: exit code and both streams as text.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Both streams, for leak scans and failure messages.
+    pub fn all_output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `krouter-admin` with `args` in `dir`, with a clean environment and no stdin.
+pub fn admin(dir: &Path, args: &[&str]) -> Run {
+    run(&admin_path(), dir, args)
+}
+
+/// Runs `krouter` with `args` in `dir`, with a clean environment and no stdin.
+pub fn proxy(dir: &Path, args: &[&str]) -> Run {
+    run(&proxy_path(), dir, args)
+}
+
+fn run(bin: &Path, dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary starts");
+    Run::from_output(output)
+}
