@@ -428,3 +428,25 @@ fn rollback_and_reused_serials_are_refused() {
     let (bytes, sig) = signed(&key, &v3);
     assert!(load_with(&trusted, &bytes, &sig, Some(&accepted)).is_ok());
 }
+
+/// Replays every file of `fuzz/corpus/<target>/` through the fuzz entry points on stable,
+/// so inputs that once crashed a target (saved into the corpus) stay fixed.
+#[test]
+fn fuzz_corpus_replays_without_panics() {
+    use krouter_policy::fuzzing;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (name, target) in [
+        ("policy_toml", fuzzing::policy_toml as fn(&[u8])),
+        ("policy_sig", fuzzing::policy_sig),
+        ("ssrf_host", fuzzing::ssrf_host),
+    ] {
+        let dir = root.join(name);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            target(&std::fs::read(&path).unwrap());
+            count += 1;
+        }
+        assert!(count > 0, "{} has no corpus files", dir.display());
+    }
+}

@@ -1,0 +1,3 @@
+krouter policy signature v1
+key-id: 0123456789ABCDEF
+signature: !!
