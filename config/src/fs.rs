@@ -22,15 +22,7 @@ pub const PRIVATE_DIR: u32 = 0o700;
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     let file = File::open(path).map_err(|e| Error::io(path, "read the file", e))?;
     let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "read the file", e))?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
-        return Err(Error::TooLarge {
-            path: path.to_owned(),
-            limit,
-        });
-    }
+    read_at_most(file, path, limit, &mut bytes)?;
     Ok(bytes)
 }
 
@@ -48,17 +40,25 @@ pub fn read_secret(path: &Path, limit: u64) -> Result<Zeroizing<Vec<u8>>, Error>
             mode,
         });
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Sized up front so the buffer never reallocates and leaves unwiped copies behind.
+    let capacity = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(capacity.min(1 << 20)));
+    read_at_most(file, path, limit, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads `file` into `buf`, failing if it holds more than `limit` bytes.
+fn read_at_most(file: File, path: &Path, limit: u64, buf: &mut Vec<u8>) -> Result<(), Error> {
     file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
+        .read_to_end(buf)
         .map_err(|e| Error::io(path, "read the file", e))?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
+    if u64::try_from(buf.len()).unwrap_or(u64::MAX) > limit {
         return Err(Error::TooLarge {
             path: path.to_owned(),
             limit,
         });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Creates `dir` and its missing parents with mode 0700; an existing directory is kept.

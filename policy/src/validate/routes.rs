@@ -1,0 +1,107 @@
+//! Checks of the `[[routes]]` section: a route's model and its `provider:model` targets.
+
+use toml::Spanned;
+
+use crate::model::{Provider, Route, Target};
+use crate::raw::RawRoute;
+use crate::secret_like::shown;
+use crate::validate::Checker;
+
+// === impl Checker ===
+
+impl Checker<'_> {
+    pub(super) fn route(
+        &mut self,
+        spanned: &Spanned<RawRoute>,
+        path: &str,
+        providers: &[Provider],
+    ) -> Option<Route> {
+        let line = self.line(spanned);
+        let r = spanned.get_ref();
+        let model = self
+            .required(&r.model, line, &format!("{path}.model"))
+            .and_then(|m| self.model(m, &format!("{path}.model")));
+        let targets_path = format!("{path}.targets");
+        let list = self.required(&r.targets, line, &targets_path)?;
+        if list.get_ref().is_empty() {
+            let line = self.line(list);
+            self.push(
+                line,
+                targets_path.as_str(),
+                "a route needs at least one target",
+            );
+            return None;
+        }
+        let mut targets = Vec::new();
+        for (i, t) in list.get_ref().iter().enumerate() {
+            let tpath = format!("{targets_path}[{i}]");
+            if let Some(target) = self.target(t, &tpath, providers) {
+                if targets.contains(&target) {
+                    let line = self.line(t);
+                    self.push(line, tpath, "the same target is listed twice in this route");
+                } else {
+                    targets.push(target);
+                }
+            }
+        }
+        let ok = targets.len() == list.get_ref().len();
+        Some(Route {
+            model: model?,
+            targets,
+        })
+        .filter(|_| ok)
+    }
+
+    fn target(
+        &mut self,
+        t: &Spanned<String>,
+        path: &str,
+        providers: &[Provider],
+    ) -> Option<Target> {
+        let line = self.line(t);
+        let Some((provider, model)) = t.get_ref().split_once(':') else {
+            self.push(
+                line,
+                path,
+                "a target is \"provider:model\", e.g. \"local:llama3.1\"",
+            );
+            return None;
+        };
+        if provider.is_empty() || model.is_empty() {
+            self.push(
+                line,
+                path,
+                "a target is \"provider:model\" with both parts present",
+            );
+            return None;
+        }
+        let Some(p) = providers.iter().find(|p| p.name == provider) else {
+            self.push(
+                line,
+                path,
+                format!("no provider named {} in [[providers]]", shown(provider)),
+            );
+            return None;
+        };
+        let spanned_model = Spanned::new(t.span(), model.to_owned());
+        let model = self.model(&spanned_model, path)?;
+        if let Some(models) = &p.models
+            && !models.contains(&model)
+        {
+            self.push(
+                line,
+                path,
+                format!(
+                    "provider {} does not list model {} in its models",
+                    shown(provider),
+                    shown(&model)
+                ),
+            );
+            return None;
+        }
+        Some(Target {
+            provider: provider.to_owned(),
+            model,
+        })
+    }
+}
