@@ -219,11 +219,8 @@ fn type_message(message: &str) -> String {
         "string", "integer", "float", "boolean", "datetime", "sequence", "map",
     ]
     .into_iter()
-    .find(|kind| {
-        message.starts_with(&format!("invalid type: {kind}"))
-            || (*kind == "map" && message.starts_with("invalid type: map"))
-    });
-    match (found, expected) {
+    .find(|kind| message.starts_with(&format!("invalid type: {kind}")));
+    match (found, expected.map(expected_name)) {
         (Some(found), Some(expected)) => {
             format!(
                 "wrong type: found {}, expected {expected}",
@@ -233,6 +230,16 @@ fn type_message(message: &str) -> String {
         (None, Some(expected)) => format!("invalid value: expected {expected}"),
         _ if message.contains('"') || message.contains('`') => "invalid value".to_owned(),
         _ => message.to_owned(),
+    }
+}
+
+/// serde's description of the expected Rust type, as an operator reading TOML calls it.
+fn expected_name(expected: &str) -> &str {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" => "an integer",
+        "a sequence" => "an array",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e => e,
     }
 }
 
@@ -266,7 +273,9 @@ mod tests {
     #[test]
     fn type_messages_never_carry_the_value() {
         let m = type_message("invalid type: string \"hunter2\", expected i64");
-        assert_eq!(m, "wrong type: found a string, expected i64");
+        assert_eq!(m, "wrong type: found a string, expected an integer");
+        let m = type_message("invalid type: integer `7`, expected struct RawAccess");
+        assert_eq!(m, "wrong type: found an integer, expected a table");
         let m = type_message("invalid type: sequence, expected a boolean");
         assert_eq!(m, "wrong type: found an array, expected a boolean");
         assert_eq!(type_message("odd \"hunter2\""), "invalid value");

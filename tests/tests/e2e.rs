@@ -10,5 +10,6 @@
 )]
 
 mod e2e {
+    mod conventions;
     mod policy_cli;
 }
