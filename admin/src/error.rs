@@ -16,7 +16,7 @@ pub enum Error {
     #[error(transparent)]
     Files(#[from] krouter_config::Error),
     /// Reading the trusted keys failed, which is a trust failure (exit 3).
-    #[error("trusted keys: {0}")]
+    #[error("could not load the trusted policy keys")]
     Trust(#[source] krouter_config::Error),
 }
 

@@ -123,6 +123,13 @@ pub enum KeyFileError {
         /// The key file's display name.
         file: String,
     },
+    /// The file holds a public key that is not a safe Ed25519 key (small order or not
+    /// canonically encoded): signatures could be forged for it.
+    #[error("{file}: not a usable Ed25519 public key (small-order or non-canonical point)")]
+    WeakKey {
+        /// The key file's display name.
+        file: String,
+    },
     /// Two trusted key files hold the same key id.
     #[error("{file}: key {key_id} is already trusted from another file")]
     Duplicate {

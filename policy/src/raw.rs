@@ -8,10 +8,10 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::error::{Error, Problem};
-use crate::tree::{self, Lines};
+use crate::tree::{self, Lines, Shape};
 
 /// Most type errors reported before the parse gives up on a badly broken file.
-const MAX_TYPE_ERRORS: usize = 50;
+const MAX_TYPE_ERRORS: usize = 20;
 
 /// The root of the policy file.
 #[derive(Debug, Deserialize)]
@@ -133,10 +133,17 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Parsed, Error> {
         what: syntax_message(e.message()),
     })?;
     let mut problems = Vec::new();
-    tree::scan_secrets(doc.get_ref(), &lines, "", &mut problems);
-    sweep(doc.get_mut(), &lines, &mut problems);
-
     let mut dropped = Vec::new();
+    tree::scan_secrets(doc.get_ref(), &lines, "", &mut problems);
+    sweep(
+        doc.get_mut(),
+        &mut Shape {
+            lines: &lines,
+            out: &mut problems,
+            dropped: &mut dropped,
+        },
+    );
+
     for _ in 0..MAX_TYPE_ERRORS {
         match RawPolicy::deserialize(toml::de::Deserializer::from(doc.clone())) {
             Ok(raw) => {
@@ -151,10 +158,11 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Parsed, Error> {
                 let offset = e.span().map_or(0, |s| s.start);
                 let steps = tree::path_at(doc.get_ref(), offset);
                 let path = tree::render(&steps);
+                let found = tree::value_at(doc.get_ref(), &steps).map(|v| v.type_str());
                 problems.push(Problem::new(
                     lines.line(offset),
                     path.clone(),
-                    type_message(e.message()),
+                    type_message(e.message(), found),
                 ));
                 if !tree::remove_at(doc.get_mut(), &steps) {
                     break;
@@ -171,46 +179,44 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Parsed, Error> {
     Err(Error::Invalid(crate::error::Problems::new(file, problems)))
 }
 
-/// Reports and removes unknown fields at every level the schema defines.
-fn sweep(root: &mut DeTable<'_>, lines: &Lines, out: &mut Vec<Problem>) {
-    use tree::{fields_of, sweep_unknown, table_mut, tables_mut};
+/// Reports and removes unknown fields, and values of the wrong shape where the schema
+/// expects a table, at every level the schema defines.
+fn sweep(root: &mut DeTable<'_>, shape: &mut Shape<'_>) {
+    use tree::fields_of;
 
-    sweep_unknown(root, fields_of::<RawPolicy>(), "", lines, out);
-    if let Some(access) = table_mut(root, "access") {
-        sweep_unknown(access, fields_of::<RawAccess>(), "access", lines, out);
-        if let Some(lockout) = table_mut(access, "lockout") {
-            let fields = fields_of::<RawLockout>();
-            sweep_unknown(lockout, fields, "access.lockout", lines, out);
+    shape.fields(root, fields_of::<RawPolicy>(), "");
+    if let Some(access) = shape.table(root, "access", "") {
+        shape.fields(access, fields_of::<RawAccess>(), "access");
+        if let Some(lockout) = shape.table(access, "lockout", "access") {
+            shape.fields(lockout, fields_of::<RawLockout>(), "access.lockout");
         }
-        for (i, group) in tables_mut(access, "groups") {
+        for (i, group) in shape.tables(access, "groups", "access") {
             let path = format!("access.groups[{i}]");
-            sweep_unknown(group, fields_of::<RawGroup>(), &path, lines, out);
+            shape.fields(group, fields_of::<RawGroup>(), &path);
         }
     }
-    for (i, provider) in tables_mut(root, "providers") {
+    for (i, provider) in shape.tables(root, "providers", "") {
         let path = format!("providers[{i}]");
-        sweep_unknown(provider, fields_of::<RawProvider>(), &path, lines, out);
+        shape.fields(provider, fields_of::<RawProvider>(), &path);
     }
-    for (i, route) in tables_mut(root, "routes") {
+    for (i, route) in shape.tables(root, "routes", "") {
         let path = format!("routes[{i}]");
-        sweep_unknown(route, fields_of::<RawRoute>(), &path, lines, out);
+        shape.fields(route, fields_of::<RawRoute>(), &path);
     }
-    if let Some(resilience) = table_mut(root, "resilience") {
-        let fields = fields_of::<RawResilience>();
-        sweep_unknown(resilience, fields, "resilience", lines, out);
-        if let Some(breaker) = table_mut(resilience, "breaker") {
-            let fields = fields_of::<RawBreaker>();
-            sweep_unknown(breaker, fields, "resilience.breaker", lines, out);
+    if let Some(resilience) = shape.table(root, "resilience", "") {
+        shape.fields(resilience, fields_of::<RawResilience>(), "resilience");
+        if let Some(breaker) = shape.table(resilience, "breaker", "resilience") {
+            shape.fields(breaker, fields_of::<RawBreaker>(), "resilience.breaker");
         }
     }
-    if let Some(logging) = table_mut(root, "logging") {
-        sweep_unknown(logging, fields_of::<RawLogging>(), "logging", lines, out);
+    if let Some(logging) = shape.table(root, "logging", "") {
+        shape.fields(logging, fields_of::<RawLogging>(), "logging");
     }
 }
 
 /// A serde type error without the offending value: serde quotes the value it found
 /// (`invalid type: string "...", expected i64`), and that value could be a secret.
-fn type_message(message: &str) -> String {
+fn type_message(message: &str, found_in_file: Option<&str>) -> String {
     let message = message.lines().next().unwrap_or_default();
     let expected = message
         .rsplit_once(", expected ")
@@ -221,6 +227,12 @@ fn type_message(message: &str) -> String {
     .into_iter()
     .find(|kind| message.starts_with(&format!("invalid type: {kind}")));
     match (found, expected.map(expected_name)) {
+        // What the file holds is more precise than serde's view (a date-time reaches serde
+        // as a table).
+        (Some(_), Some(expected)) if found_in_file.is_some() => format!(
+            "wrong type: found {}, expected {expected}",
+            tree::article(found_in_file.unwrap_or_default())
+        ),
         (Some(found), Some(expected)) => {
             format!(
                 "wrong type: found {}, expected {expected}",
@@ -272,13 +284,15 @@ mod tests {
 
     #[test]
     fn type_messages_never_carry_the_value() {
-        let m = type_message("invalid type: string \"hunter2\", expected i64");
+        let m = type_message("invalid type: string \"hunter2\", expected i64", None);
         assert_eq!(m, "wrong type: found a string, expected an integer");
-        let m = type_message("invalid type: integer `7`, expected struct RawAccess");
+        let m = type_message("invalid type: integer `7`, expected struct RawAccess", None);
         assert_eq!(m, "wrong type: found an integer, expected a table");
-        let m = type_message("invalid type: sequence, expected a boolean");
+        let m = type_message("invalid type: sequence, expected a boolean", None);
         assert_eq!(m, "wrong type: found an array, expected a boolean");
-        assert_eq!(type_message("odd \"hunter2\""), "invalid value");
+        assert_eq!(type_message("odd \"hunter2\"", None), "invalid value");
+        let m = type_message("invalid type: map, expected i64", Some("datetime"));
+        assert_eq!(m, "wrong type: found a date-time, expected an integer");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -155,6 +156,11 @@ impl TrustedKey {
             parse_key_id(&key_id).ok_or_else(|| malformed(2, "key-id is not 16 hex digits"))?;
         let public = decode_exact::<32>(&public)
             .ok_or_else(|| malformed(3, "public-key is not base64 of 32 bytes"))?;
+        if !is_strong_public_key(&public) {
+            return Err(KeyFileError::WeakKey {
+                file: file.to_owned(),
+            });
+        }
         if KeyId::of(&public) != key_id {
             return Err(KeyFileError::KeyIdMismatch {
                 file: file.to_owned(),
@@ -359,6 +365,18 @@ impl fmt::Debug for SigningKeyFile {
     }
 }
 
+/// Whether `public` is a canonically encoded Ed25519 point outside the small-order subgroup.
+///
+/// A small-order public key (the identity, for one) accepts forged signatures over any
+/// message, and ring's verifier does not refuse one, so a trusted key is checked here once,
+/// when its file is read. Keys made by `SigningKey` always pass.
+fn is_strong_public_key(public: &[u8; 32]) -> bool {
+    let compressed = CompressedEdwardsY(*public);
+    compressed
+        .decompress()
+        .is_some_and(|point| !point.is_small_order() && point.compress() == compressed)
+}
+
 /// The domain-separated message a signature covers.
 fn signed_message(policy: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(SIGNATURE_CONTEXT.len() + policy.len());
@@ -522,6 +540,45 @@ mod tests {
             trusted.add_file("b.pub", public.as_bytes()),
             Err(KeyFileError::Duplicate { .. })
         ));
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_public_keys_are_refused() {
+        // The identity point: with it, (R = identity, S = 0) verifies over any message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // y = p - 1 (order 2), and a non-canonical y >= p (2^255 - 1).
+        let mut order_two = [0xffu8; 32];
+        order_two[0] = 0xec;
+        order_two[31] = 0x7f;
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[31] = 0x7f;
+        for public in [identity, order_two, [0u8; 32], non_canonical] {
+            let text = format!(
+                "{PUB_HEADER}\nkey-id: {}\npublic-key: {}\n",
+                KeyId::of(&public),
+                B64.encode(public)
+            );
+            let err = TrustedKey::parse("weak.pub", text.as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    KeyFileError::WeakKey { .. } | KeyFileError::Malformed { .. }
+                ),
+                "{err}"
+            );
+        }
+        // And the forgery itself is refused because the key never becomes trusted.
+        let text = format!(
+            "{PUB_HEADER}\nkey-id: {}\npublic-key: {}\n",
+            KeyId::of(&identity),
+            B64.encode(identity)
+        );
+        let mut trusted = TrustedKeys::new();
+        assert!(trusted.add_file("weak.pub", text.as_bytes()).is_err());
+        assert!(trusted.is_empty());
+        let (key, _) = SigningKey::generate().unwrap();
+        assert!(is_strong_public_key(&key.trusted_key().public));
     }
 
     #[test]

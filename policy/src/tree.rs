@@ -165,39 +165,119 @@ pub(crate) fn sweep_unknown(
     }
 }
 
-/// The sub-table stored under `key`, if it is a table.
-pub(crate) fn table_mut<'a, 'i>(
-    table: &'a mut DeTable<'i>,
-    key: &str,
-) -> Option<&'a mut DeTable<'i>> {
-    table
-        .iter_mut()
-        .find(|(k, _)| k.get_ref().as_ref() == key)
-        .and_then(|(_, v)| match v.get_mut() {
-            DeValue::Table(t) => Some(t),
-            _ => None,
-        })
+/// Checks the shape the schema expects where it expects a table, so that serde never sees
+/// a struct written as a positional array (`access = [false, ...]`), which it would accept
+/// field by field and so bypass `deny_unknown_fields`. A value of the wrong shape is
+/// reported, removed, and its path recorded as dropped.
+pub(crate) struct Shape<'a> {
+    pub(crate) lines: &'a Lines,
+    pub(crate) out: &'a mut Vec<Problem>,
+    pub(crate) dropped: &'a mut Vec<String>,
 }
 
-/// The tables of an array of tables stored under `key`, with their indices.
-pub(crate) fn tables_mut<'a, 'i>(
-    table: &'a mut DeTable<'i>,
-    key: &str,
-) -> Vec<(usize, &'a mut DeTable<'i>)> {
-    let Some((_, value)) = table.iter_mut().find(|(k, _)| k.get_ref().as_ref() == key) else {
-        return Vec::new();
-    };
-    match value.get_mut() {
-        DeValue::Array(items) => items
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, v)| match v.get_mut() {
-                DeValue::Table(t) => Some((i, t)),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+impl Shape<'_> {
+    /// The table under `key`, if present and a table.
+    pub(crate) fn table<'t, 'i>(
+        &mut self,
+        parent: &'t mut DeTable<'i>,
+        key: &str,
+        parent_path: &str,
+    ) -> Option<&'t mut DeTable<'i>> {
+        let path = join(parent_path, key);
+        let value = parent.get(key)?;
+        if !value.get_ref().is_table() {
+            self.wrong(&path, value, "a table");
+            parent.remove(key);
+            return None;
+        }
+        match parent.get_mut(key)?.get_mut() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        }
     }
+
+    /// The tables of the array of tables under `key`, with their indices; other elements are
+    /// reported and replaced by empty tables marked as dropped.
+    pub(crate) fn tables<'t, 'i>(
+        &mut self,
+        parent: &'t mut DeTable<'i>,
+        key: &str,
+        parent_path: &str,
+    ) -> Vec<(usize, &'t mut DeTable<'i>)> {
+        let path = join(parent_path, key);
+        let Some(value) = parent.get(key) else {
+            return Vec::new();
+        };
+        if !value.get_ref().is_array() {
+            self.wrong(&path, value, "an array of tables");
+            parent.remove(key);
+            return Vec::new();
+        }
+        let Some(DeValue::Array(items)) = parent.get_mut(key).map(Spanned::get_mut) else {
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for (i, item) in items.iter_mut().enumerate() {
+            if !item.get_ref().is_table() {
+                self.wrong(&format!("{path}[{i}]"), item, "a table");
+                *item = Spanned::new(item.span(), DeValue::Table(DeTable::new()));
+            }
+            if let DeValue::Table(t) = item.get_mut() {
+                tables.push((i, t));
+            }
+        }
+        tables
+    }
+
+    /// Reports and removes the keys of `table` that `fields` does not list.
+    pub(crate) fn fields(&mut self, table: &mut DeTable<'_>, fields: &[&str], path: &str) {
+        sweep_unknown(table, fields, path, self.lines, self.out);
+    }
+
+    fn wrong(&mut self, path: &str, value: &Spanned<DeValue<'_>>, expected: &str) {
+        self.out.push(Problem::new(
+            self.lines.of(Some(value.span())),
+            path,
+            format!(
+                "wrong type: found {}, expected {expected}",
+                article(value.get_ref().type_str())
+            ),
+        ));
+        self.dropped.push(path.to_owned());
+    }
+}
+
+/// A TOML type name with its article, as messages say it.
+pub(crate) fn article(type_name: &str) -> String {
+    match type_name {
+        "integer" | "array" => format!("an {type_name}"),
+        "datetime" => "a date-time".to_owned(),
+        other => format!("a {other}"),
+    }
+}
+
+/// The value at `steps`, if there is one.
+pub(crate) fn value_at<'t, 'i>(table: &'t DeTable<'i>, steps: &[Step]) -> Option<&'t DeValue<'i>> {
+    let (first, rest) = steps.split_first()?;
+    let Step::Key(key) = first else {
+        return None;
+    };
+    let (_, value) = table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key.as_str())?;
+    let mut current = value.get_ref();
+    for step in rest {
+        current = match (current, step) {
+            (DeValue::Table(t), Step::Key(k)) => t
+                .iter()
+                .find(|(key, _)| key.get_ref().as_ref() == k.as_str())?
+                .1
+                .get_ref(),
+            (DeValue::Array(items), Step::Index(i)) => items.get(*i)?.get_ref(),
+            _ => return None,
+        };
+    }
+    Some(current)
 }
 
 /// The path of the innermost value whose span holds `offset`.

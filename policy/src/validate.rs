@@ -2,14 +2,14 @@
 //! before failing, each with its line and field path; defaults are applied here and nowhere
 //! else (they are listed in `docs/policy.md`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use toml::Spanned;
 
 use crate::error::{Error, Problem, Problems};
 use crate::load::CredentialNames;
-use crate::model::{Policy, PolicyDigest, Serial};
+use crate::model::{Policy, PolicyDigest, Provider, Serial};
 use crate::raw::Parsed;
 use crate::secret_like::shown;
 use crate::tree::Lines;
@@ -29,6 +29,15 @@ struct Checker<'a> {
     lines: &'a Lines,
     dropped: &'a [String],
     problems: Vec<Problem>,
+}
+
+/// The providers a file declares, valid or not, indexed for the route checks. A target
+/// naming a provider that is declared but invalid is not reported again as dangling: the
+/// provider's own problem already is. Sets keep validation linear in the file's size.
+struct ProviderIndex<'a> {
+    declared: HashSet<&'a str>,
+    valid: HashMap<&'a str, &'a Provider>,
+    models: HashMap<&'a str, HashSet<&'a str>>,
 }
 
 /// An integer field's bounds and default, in the field's own unit.
@@ -80,12 +89,32 @@ pub(crate) fn validate(
         "provider",
     );
 
+    let index = ProviderIndex {
+        declared: raw
+            .providers
+            .iter()
+            .filter_map(|p| Some(p.get_ref().name.as_ref()?.get_ref().as_str()))
+            .collect(),
+        valid: providers.iter().map(|p| (p.name.as_str(), p)).collect(),
+        models: providers
+            .iter()
+            .filter_map(|p| {
+                let models = p.models.as_ref()?.iter().map(String::as_str).collect();
+                Some((p.name.as_str(), models))
+            })
+            .collect(),
+    };
     let routes = raw
         .routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| c.route(r, &format!("routes[{i}]"), &providers))
+        .filter_map(|(i, r)| c.route(r, &format!("routes[{i}]"), &index))
         .collect::<Vec<_>>();
+    let declared_routes: HashSet<&str> = raw
+        .routes
+        .iter()
+        .filter_map(|r| Some(r.get_ref().model.as_ref()?.get_ref().as_str()))
+        .collect();
     c.unique(
         raw.routes
             .iter()
@@ -94,7 +123,7 @@ pub(crate) fn validate(
         "route for model",
     );
 
-    let access = c.access(raw.access.as_ref(), &routes);
+    let access = c.access(raw.access.as_ref(), &declared_routes);
     let resilience = c.resilience(raw.resilience.as_ref());
     let logging = c.logging(raw.logging.as_ref());
 
@@ -139,10 +168,18 @@ impl Checker<'_> {
         parent_line: usize,
         path: &str,
     ) -> Option<&'v Spanned<T>> {
-        if value.is_none() && !self.dropped.iter().any(|d| d == path) {
+        if value.is_none() && !self.was_dropped(path) {
             self.push(parent_line, path, "missing required field");
         }
         value.as_ref()
+    }
+
+    /// Whether `path`, or a table or array it lies in, was dropped for having the wrong type.
+    fn was_dropped(&self, path: &str) -> bool {
+        self.dropped.iter().any(|d| {
+            path.strip_prefix(d.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
     }
 
     /// An integer within `bounds`, or its default when absent.

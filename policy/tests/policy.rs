@@ -96,6 +96,37 @@ fn every_validation_rule_names_line_field_and_problem() {
             ":4 access.require_api_keys: wrong type: found an integer",
         ),
         (
+            "a table written as a positional array",
+            base.replace(
+                "[access]\nrequire_api_keys = true         # default true",
+                "access = [false]",
+            ),
+            ":3 access: wrong type: found an array, expected a table",
+        ),
+        (
+            "an array of tables written as arrays",
+            format!(
+                "routes = [[\"llama\", [\"local:llama3.1\"]]]\n{}",
+                base.split("[[routes]]").next().unwrap()
+            ),
+            ":1 routes[0]: wrong type: found an array, expected a table",
+        ),
+        (
+            "a date-time where an integer belongs",
+            base.replace("serial = 1 ", "serial = 1979-05-27 "),
+            ":1 serial: wrong type: found a date-time, expected an integer",
+        ),
+        (
+            "ssrf ipv6 metadata",
+            base.replace("127.0.0.1:11434", "[fd20:ce::254]"),
+            ":9 providers[0].base_url: host refused: cloud metadata endpoint",
+        ),
+        (
+            "ssrf non-canonical address",
+            base.replace("127.0.0.1:11434", "0x7f.1"),
+            ":9 providers[0].base_url: host refused",
+        ),
+        (
             "serial zero",
             base.replace("serial = 1 ", "serial = 0 "),
             ":1 serial: must be a positive integer",
@@ -303,6 +334,35 @@ fn every_problem_is_reported_at_once() {
             "policy.toml:15"
         ]
     );
+}
+
+#[test]
+fn an_invalid_provider_or_route_is_not_reported_again_where_it_is_used() {
+    let text = MINIMAL.replace("127.0.0.1:11434", "169.254.169.254")
+        + "[[routes]]\nmodel = \"bad\"\ntargets = []\n"
+        + "\n[[access.groups]]\nname = \"g\"\nmodels = [\"bad\", \"llama\"]\n";
+    let got = problems(&text);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got[0].contains(":9 providers[0].base_url"), "{got:#?}");
+    assert!(got[1].contains(":17 routes[1].targets"), "{got:#?}");
+}
+
+#[test]
+fn a_secret_in_a_target_is_never_echoed_in_part() {
+    let password = fake_key("");
+    let text = MINIMAL
+        .replace("# credential = \"openai-main\"", "models = [\"llama3.1\"]")
+        .replace(
+            "\"local:llama3.1\"]",
+            &format!("\"local:llama3.1\", \"local://user:{password}@host\"]"),
+        );
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].contains("routes[0].targets[1]: looks like a secret"),
+        "{got:#?}"
+    );
+    assert!(!got[0].contains(&password), "{got:#?}");
 }
 
 #[test]

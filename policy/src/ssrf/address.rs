@@ -15,10 +15,12 @@ const METADATA_V4: [Ipv4Addr; 7] = [
     Ipv4Addr::new(168, 63, 129, 16),
     Ipv4Addr::new(192, 0, 0, 192),
 ];
-/// AWS IMDS and its DNS over IPv6 (Nitro).
-const METADATA_V6: [Ipv6Addr; 2] = [
+/// Metadata services over IPv6: AWS IMDS and EKS Pod Identity (Nitro), GCP, Scaleway.
+const METADATA_V6: [Ipv6Addr; 4] = [
     Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
     Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),
+    Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+    Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42),
 ];
 
 // === functions ===
@@ -67,11 +69,13 @@ pub(super) fn classify_v6(ip: Ipv6Addr) -> Verdict {
             Verdict::Refused(refusal) => refusal,
             Verdict::Allowed(_) => R::Tunnel,
         },
-        [0, 0, 0, 0, 0xffff, 0, hi, lo]
-        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo]
-        | [0x64, 0xff9b, 1, .., hi, lo] => {
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
             return via(embedded(hi, lo));
         }
+        // Local-use NAT64 (RFC 8215): the prefix length, and so where the IPv4 address sits,
+        // is the network's choice. Every RFC 6052 layout is read; the worst refusal wins, and
+        // even an embedded public address is refused since it is not what it appears to be.
+        [0x64, 0xff9b, 1, ..] => local_nat64(ip),
         [0x2002, hi, lo, ..] => return via(embedded(hi, lo)),
         [0x2001, 0, ..] => R::Tunnel,
         [0x100, 0, 0, 0, ..] | [0x2001, 0x10..=0x2f, ..] | [0x2001, 2, 0, ..] => R::Reserved,
@@ -84,4 +88,33 @@ pub(super) fn classify_v6(ip: Ipv6Addr) -> Verdict {
         _ => R::Reserved,
     };
     Verdict::Refused(refusal)
+}
+
+/// Why a local-use NAT64 address is refused. The /96 layout's embedded address is judged
+/// as usual; the other RFC 6052 layouts (/48, /56, /64) only add a metadata or link-local
+/// finding, since reading a layout the network does not use yields arbitrary addresses.
+/// Anything else is a tunnel: it does not reach what it appears to.
+fn local_nat64(ip: Ipv6Addr) -> Refusal {
+    let bits = ip.to_bits();
+    let take = |start: u32, len: u32| {
+        let mask = (1u128 << len) - 1;
+        u32::try_from((bits >> (128 - start - len)) & mask).unwrap_or(0)
+    };
+    let refused = |v4: u32| match classify_v4(Ipv4Addr::from_bits(v4)) {
+        Verdict::Refused(refusal) => Some(refusal),
+        Verdict::Allowed(_) => None,
+    };
+    if let Some(refusal) = refused(take(96, 32)) {
+        return refusal;
+    }
+    // Bits 64..72 are the reserved "u" octet in every layout.
+    [
+        take(48, 16) << 16 | take(72, 16),
+        take(56, 8) << 24 | take(72, 24),
+        take(72, 32),
+    ]
+    .into_iter()
+    .filter_map(refused)
+    .find(|r| matches!(r, Refusal::Metadata | Refusal::LinkLocal))
+    .unwrap_or(Refusal::Tunnel)
 }

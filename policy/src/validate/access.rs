@@ -1,12 +1,13 @@
 //! Checks of the `[access]` section: IP networks, CORS origins, lockout and the groups of
 //! API keys.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use toml::Spanned;
 
-use crate::model::{Access, Group, Lockout, Route};
+use crate::model::{Access, Group, Lockout};
 use crate::raw::{RawAccess, RawGroup, RawLockout};
 use crate::secret_like::shown;
 use crate::validate::{Bounds, Checker};
@@ -17,7 +18,7 @@ impl Checker<'_> {
     pub(super) fn access(
         &mut self,
         spanned: Option<&Spanned<RawAccess>>,
-        routes: &[Route],
+        routes: &HashSet<&str>,
     ) -> Option<Access> {
         let empty = RawAccess {
             require_api_keys: None,
@@ -163,7 +164,7 @@ impl Checker<'_> {
         &mut self,
         spanned: &Spanned<RawGroup>,
         path: &str,
-        routes: &[Route],
+        routes: &HashSet<&str>,
     ) -> Option<Group> {
         let line = self.line(spanned);
         let g = spanned.get_ref();
@@ -182,7 +183,7 @@ impl Checker<'_> {
                     let line = self.line(m);
                     if m.get_ref() == "*" {
                         self.push(line, mpath, "\"*\" (every route) must be the only entry");
-                    } else if routes.iter().any(|r| &r.model == m.get_ref()) {
+                    } else if routes.contains(m.get_ref().as_str()) {
                         models.push(m.get_ref().clone());
                     } else {
                         self.push(

@@ -2,10 +2,12 @@
 
 use toml::Spanned;
 
-use crate::model::{Provider, Route, Target};
+use std::collections::HashSet;
+
+use crate::model::{Route, Target};
 use crate::raw::RawRoute;
-use crate::secret_like::shown;
-use crate::validate::Checker;
+use crate::secret_like::{self, shown};
+use crate::validate::{Checker, ProviderIndex};
 
 // === impl Checker ===
 
@@ -14,7 +16,7 @@ impl Checker<'_> {
         &mut self,
         spanned: &Spanned<RawRoute>,
         path: &str,
-        providers: &[Provider],
+        providers: &ProviderIndex<'_>,
     ) -> Option<Route> {
         let line = self.line(spanned);
         let r = spanned.get_ref();
@@ -33,14 +35,15 @@ impl Checker<'_> {
             return None;
         }
         let mut targets = Vec::new();
+        let mut seen = HashSet::new();
         for (i, t) in list.get_ref().iter().enumerate() {
             let tpath = format!("{targets_path}[{i}]");
             if let Some(target) = self.target(t, &tpath, providers) {
-                if targets.contains(&target) {
+                if seen.insert(t.get_ref().as_str()) {
+                    targets.push(target);
+                } else {
                     let line = self.line(t);
                     self.push(line, tpath, "the same target is listed twice in this route");
-                } else {
-                    targets.push(target);
                 }
             }
         }
@@ -56,9 +59,13 @@ impl Checker<'_> {
         &mut self,
         t: &Spanned<String>,
         path: &str,
-        providers: &[Provider],
+        providers: &ProviderIndex<'_>,
     ) -> Option<Target> {
         let line = self.line(t);
+        // Already reported by the secret scan; its parts must not be echoed either.
+        if secret_like::detect(t.get_ref()).is_some() {
+            return None;
+        }
         let Some((provider, model)) = t.get_ref().split_once(':') else {
             self.push(
                 line,
@@ -75,18 +82,20 @@ impl Checker<'_> {
             );
             return None;
         }
-        let Some(p) = providers.iter().find(|p| p.name == provider) else {
-            self.push(
-                line,
-                path,
-                format!("no provider named {} in [[providers]]", shown(provider)),
-            );
+        if !providers.valid.contains_key(provider) {
+            if !providers.declared.contains(provider) {
+                self.push(
+                    line,
+                    path,
+                    format!("no provider named {} in [[providers]]", shown(provider)),
+                );
+            }
             return None;
-        };
+        }
         let spanned_model = Spanned::new(t.span(), model.to_owned());
         let model = self.model(&spanned_model, path)?;
-        if let Some(models) = &p.models
-            && !models.contains(&model)
+        if let Some(models) = providers.models.get(provider)
+            && !models.contains(model.as_str())
         {
             self.push(
                 line,
