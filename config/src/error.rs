@@ -50,6 +50,14 @@ pub enum Error {
         /// The expected `.sig` path.
         path: PathBuf,
     },
+    /// A secret is missing, ambiguous or weak.
+    #[error("{}", problem.describe(*name))]
+    Secret {
+        /// Which secret.
+        name: crate::secret::SecretName,
+        /// What is wrong; never the value.
+        problem: crate::secret::load::SecretProblem,
+    },
     /// A trusted key file is malformed or repeated.
     #[error(transparent)]
     TrustedKey(#[from] krouter_policy::KeyFileError),

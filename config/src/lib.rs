@@ -12,5 +12,6 @@
 mod error;
 pub mod fs;
 pub mod policy_files;
+pub mod secret;
 
 pub use error::Error;
