@@ -24,9 +24,9 @@ pub enum Error {
         /// The existing file.
         path: PathBuf,
     },
-    /// A secret file can be read by other users.
+    /// A secret file or directory can be read by other users.
     #[error(
-        "{path} can be read by group or others (mode {mode:o}); run `chmod 600` on it before krouter will use it"
+        "{path} can be read by group or others (mode {mode:o}); run `chmod go-rwx` on it before krouter will use it"
     )]
     Permissions {
         /// The secret file.
@@ -57,6 +57,19 @@ pub enum Error {
         name: crate::secret::SecretName,
         /// What is wrong; never the value.
         problem: crate::secret::load::SecretProblem,
+    },
+    /// Neither `KROUTER_HOME` nor `HOME` is set.
+    #[error("neither KROUTER_HOME nor HOME is set: set KROUTER_HOME to krouter's directory")]
+    NoHome,
+    /// A settings value is unknown, of the wrong type, out of range, or secret-looking.
+    #[error("{origin}: {field}: {what}")]
+    Settings {
+        /// Where the value came from: `krouter.toml:LINE` or `the KROUTER_X variable`.
+        origin: String,
+        /// The setting's name.
+        field: String,
+        /// What is wrong, without the value.
+        what: String,
     },
     /// A trusted key file is malformed or repeated.
     #[error(transparent)]

@@ -139,7 +139,7 @@ mod tests {
         let path = dir.path().join("k");
         write_new(&path, b"s", PUBLIC_FILE).unwrap();
         let err = read_secret(&path, 10).unwrap_err();
-        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(err.to_string().contains("chmod go-rwx"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret(&path, 10).unwrap().as_slice(), b"s");
     }

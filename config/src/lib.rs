@@ -11,7 +11,9 @@
 
 mod error;
 pub mod fs;
+pub mod home;
 pub mod policy_files;
 pub mod secret;
+pub mod settings;
 
 pub use error::Error;

@@ -206,7 +206,7 @@ fn sign_refuses_an_invalid_policy_and_an_exposed_key() {
     .unwrap();
     let run = sign(d);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    assert!(run.stderr.contains("chmod go-rwx"), "{run:?}");
     assert!(!d.join("policy.toml.sig").exists());
 }
 

@@ -1,0 +1,321 @@
+//! Settings: `krouter.toml` overlaid with `KROUTER_*` variables, through figment. Settings
+//! say where things are and how to run (bind address, log format); they hold no secrets and
+//! no security posture, which belong to the secrets and the signed policy. A value that
+//! looks like a secret is refused by field name, and so is any unknown key or variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Format as _, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use krouter_policy::secret_like;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::home::KrouterHome;
+use crate::secret::load::Source;
+
+/// Prefix of the variables that override settings.
+const PREFIX: &str = "KROUTER_";
+/// `KROUTER_*` variables that are not settings.
+const NOT_SETTINGS: &[&str] = &["KROUTER_HOME"];
+/// The default client listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:20128";
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    listen: SocketAddr,
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default): for collectors.
+    Json,
+    /// Human-readable lines: for a terminal.
+    Pretty,
+}
+
+/// The settings file as written; every value a string so that variables and the file are
+/// parsed by the same code.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    listen: Option<String>,
+    log_format: Option<String>,
+}
+
+/// `KROUTER_*` variables as a figment provider.
+struct Variables(Dict);
+
+impl Settings {
+    /// Reads `krouter.toml` (if present) and the `KROUTER_*` variables.
+    pub fn load(home: &KrouterHome, source: &dyn Source) -> Result<Self, Error> {
+        let file = home.settings_file();
+        let text = if file.exists() {
+            let bytes = crate::fs::read_limited(&file, 64 * 1024)?;
+            Some(String::from_utf8(bytes).map_err(|_| Error::Settings {
+                origin: file.display().to_string(),
+                field: "(file)".to_owned(),
+                what: "the file is not UTF-8 text".to_owned(),
+            })?)
+        } else {
+            None
+        };
+        Self::from_parts(&file, text.as_deref(), source)
+    }
+
+    /// Settings from the file text (if any) and the variables; `file` names it in messages.
+    pub fn from_parts(file: &Path, text: Option<&str>, source: &dyn Source) -> Result<Self, Error> {
+        let vars = Variables::from_source(source);
+        let mut figment = Figment::new();
+        if let Some(text) = text {
+            figment = figment.merge(Toml::string(text));
+        }
+        let figment = figment.merge(vars);
+        let raw: RawSettings = figment
+            .extract()
+            .map_err(|e| settings_error(&e, file, text))?;
+        let origin = |field: &str| origin_of(&figment, field, file, text);
+
+        for (field, value) in [("listen", &raw.listen), ("log_format", &raw.log_format)] {
+            if let Some(kind) = value.as_deref().and_then(secret_like::detect) {
+                return Err(Error::Settings {
+                    origin: origin(field),
+                    field: field.to_owned(),
+                    what: format!("looks like a secret ({kind}); settings hold no secrets"),
+                });
+            }
+        }
+        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen.parse::<SocketAddr>().map_err(|_| Error::Settings {
+            origin: origin("listen"),
+            field: "listen".to_owned(),
+            what: "not an address:port such as \"127.0.0.1:20128\" or \"[::1]:20128\"".to_owned(),
+        })?;
+        let log_format = match raw.log_format.as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            _ => {
+                return Err(Error::Settings {
+                    origin: origin("log_format"),
+                    field: "log_format".to_owned(),
+                    what: "expected \"json\" or \"pretty\"".to_owned(),
+                });
+            }
+        };
+        Ok(Self { listen, log_format })
+    }
+
+    /// The client listener (default `127.0.0.1:20128`).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The log format (default JSON).
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// The settings file text `krouter-admin init` writes.
+    pub fn starter_file() -> String {
+        format!(
+            "# krouter settings: where things are and how to run. No secrets here; no security\n\
+             # posture either (that is the signed policy). Each key can be overridden by a\n\
+             # KROUTER_<KEY> variable, e.g. KROUTER_LISTEN.\n\
+             listen = \"{DEFAULT_LISTEN}\"\n\
+             log_format = \"json\"   # or \"pretty\"\n"
+        )
+    }
+}
+
+/// Where a field's value came from, for messages.
+fn origin_of(figment: &Figment, field: &str, file: &Path, text: Option<&str>) -> String {
+    match figment.find_metadata(field) {
+        Some(meta) if meta.name == VARIABLES => {
+            format!("the {PREFIX}{} variable", field.to_ascii_uppercase())
+        }
+        _ => file_origin(file, text, field),
+    }
+}
+
+/// `file:line` of `field` in the settings text, when it can be found.
+fn file_origin(file: &Path, text: Option<&str>, field: &str) -> String {
+    let line = text.and_then(|t| {
+        t.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    });
+    match line {
+        Some(i) => format!("{}:{}", file.display(), i + 1),
+        None => file.display().to_string(),
+    }
+}
+
+const VARIABLES: &str = "KROUTER_* variables";
+
+/// A figment error as a settings error that names the field and never the value.
+fn settings_error(error: &figment::Error, file: &Path, text: Option<&str>) -> Error {
+    use figment::error::Kind;
+    let from_vars = error.metadata.as_ref().is_some_and(|m| m.name == VARIABLES);
+    let (field, what) = match &error.kind {
+        Kind::UnknownField(name, expected) => (
+            name.clone(),
+            format!("unknown setting; known settings: {}", expected.join(", ")),
+        ),
+        Kind::InvalidType(_, expected) => (
+            error.path.join("."),
+            format!("wrong type: expected {expected}"),
+        ),
+        Kind::InvalidValue(_, expected) => (
+            error.path.join("."),
+            format!("invalid value: expected {expected}"),
+        ),
+        Kind::Message(_) => (
+            error.path.join("."),
+            "the file is not valid TOML".to_owned(),
+        ),
+        _ => (error.path.join("."), "invalid setting".to_owned()),
+    };
+    let origin = if from_vars {
+        format!("the {PREFIX}{} variable", field.to_ascii_uppercase())
+    } else {
+        file_origin(file, text, &field)
+    };
+    Error::Settings {
+        origin,
+        field,
+        what,
+    }
+}
+
+// === impl Variables ===
+
+impl Variables {
+    fn from_source(source: &dyn Source) -> Self {
+        let dict = source
+            .with_prefix(PREFIX)
+            .into_iter()
+            .filter(|(name, _)| !NOT_SETTINGS.contains(name))
+            .filter_map(|(name, value)| {
+                let key = name.strip_prefix(PREFIX)?.to_ascii_lowercase();
+                Some((key, Value::from(value.to_owned())))
+            })
+            .collect();
+        Self(dict)
+    }
+}
+
+impl Provider for Variables {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(VARIABLES)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Json => "json",
+            Self::Pretty => "pretty",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::load::Vars;
+
+    fn load(text: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings, Error> {
+        Settings::from_parts(
+            Path::new("krouter.toml"),
+            text,
+            &Vars::from_pairs(vars.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn defaults_file_and_variables_layer_in_that_order() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.listen().to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.log_format(), LogFormat::Json);
+        let s = load(
+            Some("listen = \"0.0.0.0:8080\"\nlog_format = \"pretty\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.listen().to_string(), "0.0.0.0:8080");
+        let s = load(
+            Some("listen = \"0.0.0.0:8080\"\n"),
+            &[("KROUTER_LISTEN", "[::1]:9000"), ("KROUTER_HOME", "/x")],
+        )
+        .unwrap();
+        assert_eq!(s.listen().to_string(), "[::1]:9000");
+        let s = load(Some(&Settings::starter_file()), &[]).unwrap();
+        assert_eq!(s.listen().to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn bad_settings_name_their_origin_and_field() {
+        /// Variables for one case.
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: [(Option<&str>, Pairs, &str); 6] = [
+            (
+                Some("colour = 1\n"),
+                &[],
+                "krouter.toml:1: colour: unknown setting",
+            ),
+            (
+                None,
+                &[("KROUTER_COLOUR", "x")],
+                "the KROUTER_COLOUR variable: colour: unknown setting",
+            ),
+            (
+                Some("\n\nlisten = \"nowhere\"\n"),
+                &[],
+                "krouter.toml:3: listen: not an address:port",
+            ),
+            (
+                None,
+                &[("KROUTER_LISTEN", "nowhere")],
+                "the KROUTER_LISTEN variable: listen: not an address",
+            ),
+            (
+                Some("log_format = \"xml\"\n"),
+                &[],
+                "krouter.toml:1: log_format: expected",
+            ),
+            (
+                Some("listen = [1]\n"),
+                &[],
+                "krouter.toml:1: listen: wrong type",
+            ),
+        ];
+        for (text, vars, want) in cases {
+            let err = load(text, vars).unwrap_err().to_string();
+            assert!(err.starts_with(want), "wanted {want:?}, got {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_secret_looking_setting_is_refused_without_its_value() {
+        let fake: String = std::iter::once("sk-ant-api03-")
+            .chain(std::iter::repeat_n("Zx9Qw2", 6))
+            .collect();
+        let err = load(Some(&format!("log_format = \"{fake}\"\n")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_format: looks like a secret"), "{err}");
+        assert!(!err.contains(&fake), "{err}");
+    }
+}
