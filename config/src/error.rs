@@ -71,6 +71,17 @@ pub enum Error {
         /// What is wrong, without the value.
         what: String,
     },
+    /// The store refused an operation or failed a check.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The audit chain does not verify.
+    #[error("{path}: {what}")]
+    Audit {
+        /// The store file.
+        path: PathBuf,
+        /// The first break found.
+        what: crate::store::audit::AuditBreak,
+    },
     /// A trusted key file is malformed or repeated.
     #[error(transparent)]
     TrustedKey(#[from] krouter_policy::KeyFileError),

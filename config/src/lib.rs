@@ -1,19 +1,21 @@
 //! krouter's shared files and secrets.
 //!
-//! This crate owns every file both binaries touch. Today that is the signed policy on disk
-//! ([`policy_files`]: the policy, its detached signature and the trusted keys directory) and
-//! the careful file writes the admin needs ([`fs`]: private files created 0600 without ever
-//! replacing an existing one, and atomic replacement for signatures). The store issue adds
-//! `KROUTER_HOME`, settings, secret loading, the encrypted store and the state database here.
+//! This crate owns every file both binaries touch: `KROUTER_HOME` and its typed paths
+//! ([`home`]), settings from `krouter.toml` and `KROUTER_*` ([`settings`]), the secrets and
+//! where they come from ([`secret`]), client API keys and their digests ([`apikey`]), the
+//! encrypted store with its read-only reader and transactional writer ([`store`]), the signed
+//! policy on disk ([`policy_files`]) and the careful file writes all of it needs ([`fs`]).
 //!
 //! It must never print, log or `Debug` a secret, and the proxy must never be handed a store
 //! writer.
 
+pub mod apikey;
 mod error;
 pub mod fs;
 pub mod home;
 pub mod policy_files;
 pub mod secret;
 pub mod settings;
+pub mod store;
 
 pub use error::Error;

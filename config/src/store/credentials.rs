@@ -1,0 +1,177 @@
+//! Provider credentials: sealed per field with AES-256-GCM, bound to their row, with a short
+//! keyed fingerprint so operators can tell two values apart without seeing either.
+
+use std::path::Path;
+
+use ring::hmac;
+use rusqlite::{Connection, OptionalExtension as _, params};
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::secret::ProviderCredential;
+use crate::store::envelope::{self, Aad};
+use crate::store::kdf::DataKey;
+use crate::store::{StoreError, WriteTx, sqlite};
+
+/// Largest credential accepted (provider keys are under 200 bytes; some tokens are longer).
+pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
+
+/// A stored credential, without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialInfo {
+    /// Its name, as the policy refers to it.
+    pub name: String,
+    /// A short keyed hash of the value: equal values have equal fingerprints.
+    pub fingerprint: String,
+    /// When it was first set, unix seconds.
+    pub created_at: i64,
+    /// When it was last set, unix seconds.
+    pub updated_at: i64,
+}
+
+fn aad(name: &str) -> Aad<'_> {
+    Aad::new("credentials", "value", name)
+}
+
+/// `fp_` + 12 hex digits of HMAC-SHA256(audit key, domain ‖ value): not reversible, and
+/// stable across `store rekey`.
+pub(crate) fn fingerprint(mac_key: &[u8], value: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, mac_key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(b"krouter-credential-fingerprint-v1\0");
+    ctx.update(value);
+    let tag = ctx.sign();
+    let hex: String = tag
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("fp_{hex}")
+}
+
+pub(crate) fn list(conn: &Connection, path: &Path) -> Result<Vec<CredentialInfo>, Error> {
+    let mut stmt = conn
+        .prepare("SELECT name, fingerprint, created_at, updated_at FROM credentials ORDER BY name")
+        .map_err(|e| sqlite(path, "read the credentials", e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(CredentialInfo {
+                name: r.get(0)?,
+                fingerprint: r.get(1)?,
+                created_at: r.get(2)?,
+                updated_at: r.get(3)?,
+            })
+        })
+        .map_err(|e| sqlite(path, "read the credentials", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| sqlite(path, "read the credentials", e))
+}
+
+pub(crate) fn get(
+    conn: &Connection,
+    path: &Path,
+    key: &DataKey,
+    name: &str,
+) -> Result<ProviderCredential, Error> {
+    let sealed: Option<String> = conn
+        .query_row(
+            "SELECT value FROM credentials WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sqlite(path, "read the credential", e))?;
+    let Some(sealed) = sealed else {
+        return Err(StoreError::NotFound {
+            what: "credential",
+            name: name.to_owned(),
+        }
+        .into());
+    };
+    let plain = open(path, key, name, &sealed)?;
+    Ok(ProviderCredential::from_checked(plain))
+}
+
+fn open(path: &Path, key: &DataKey, name: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    envelope::open(key, &aad(name), sealed).map_err(|_| {
+        StoreError::Envelope {
+            path: path.to_owned(),
+            table: "credentials",
+            column: "value",
+            row: name.to_owned(),
+        }
+        .into()
+    })
+}
+
+fn names_and_values(conn: &Connection, path: &Path) -> Result<Vec<(String, String)>, Error> {
+    let mut stmt = conn
+        .prepare("SELECT name, value FROM credentials ORDER BY name")
+        .map_err(|e| sqlite(path, "read the credentials", e))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| sqlite(path, "read the credentials", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| sqlite(path, "read the credentials", e))
+}
+
+/// Decrypts every credential once; returns how many.
+pub(crate) fn verify_all(conn: &Connection, path: &Path, key: &DataKey) -> Result<usize, Error> {
+    let rows = names_and_values(conn, path)?;
+    for (name, sealed) in &rows {
+        open(path, key, name, sealed)?;
+    }
+    Ok(rows.len())
+}
+
+/// Re-seals every credential under `next`; returns how many.
+pub(crate) fn reseal_all(tx: &mut WriteTx<'_>, next: &DataKey) -> Result<usize, Error> {
+    let rows = names_and_values(&tx.tx, tx.path)?;
+    for (name, sealed) in &rows {
+        let plain = open(tx.path, tx.key, name, sealed)?;
+        let resealed = envelope::seal(next, &aad(name), &plain)
+            .map_err(|_| crate::store::crypto("could not re-encrypt a credential"))?;
+        tx.tx
+            .execute(
+                "UPDATE credentials SET value = ?2 WHERE name = ?1",
+                params![name, resealed],
+            )
+            .map_err(|e| sqlite(tx.path, "re-encrypt a credential", e))?;
+    }
+    Ok(rows.len())
+}
+
+impl WriteTx<'_> {
+    /// Stores (or replaces) credential `name`; returns its fingerprint.
+    pub fn set_credential(&mut self, name: &str, value: &[u8]) -> Result<String, Error> {
+        let sealed = envelope::seal(self.key, &aad(name), value)
+            .map_err(|_| crate::store::crypto("could not encrypt the credential"))?;
+        let fp = fingerprint(self.mac_key, value);
+        self.tx
+            .execute(
+                "INSERT INTO credentials (name, value, fingerprint, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(name) DO UPDATE SET value = ?2, fingerprint = ?3, updated_at = ?4",
+                params![name, sealed, fp, self.now],
+            )
+            .map_err(|e| sqlite(self.path, "store the credential", e))?;
+        Ok(fp)
+    }
+
+    /// Removes credential `name`.
+    pub fn remove_credential(&mut self, name: &str) -> Result<(), Error> {
+        let n = self
+            .tx
+            .execute("DELETE FROM credentials WHERE name = ?1", params![name])
+            .map_err(|e| sqlite(self.path, "remove the credential", e))?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "credential",
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
