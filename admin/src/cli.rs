@@ -20,9 +20,135 @@ pub struct Cli {
 /// The things krouter-admin manages.
 #[derive(Debug, Subcommand)]
 pub enum Noun {
+    /// Create a new krouter home: secrets, store, signing key, a signed starter policy, settings.
+    Init,
+    /// Client API keys: create, list, revoke, rotate.
+    #[command(subcommand)]
+    Keys(KeysVerb),
+    /// Provider credentials, stored encrypted: set (from stdin or a no-echo prompt), list, remove.
+    #[command(subcommand)]
+    Credentials(CredentialsVerb),
     /// Create signing keys, and check, sign and verify policy files.
     #[command(subcommand)]
     Policy(PolicyVerb),
+    /// Store maintenance: migrate, verify, rekey, backup.
+    #[command(subcommand)]
+    Store(StoreVerb),
+    /// The store's append-only audit log: list, verify.
+    #[command(subcommand)]
+    Audit(AuditVerb),
+}
+
+/// `krouter-admin keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysVerb {
+    /// Create a key; it is printed once (or written to --out) and never shown again.
+    Create(KeysCreateArgs),
+    /// List keys: ids, labels, groups, dates, status. Never a secret.
+    List,
+    /// Revoke a key now.
+    Revoke(KeyIdArg),
+    /// Issue a new key with the same label and group; the old one expires after --grace.
+    Rotate(KeysRotateArgs),
+}
+
+/// Arguments of `keys create`.
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// A label for humans, such as a person's or a service's name.
+    #[arg(long)]
+    pub label: String,
+    /// The policy group the key belongs to; the policy in force must define it.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// Lifetime such as 90d, 12h or 30m; the key never expires without it.
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+    /// Write the key to this new file (0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// A key id argument.
+#[derive(Debug, Args)]
+pub struct KeyIdArg {
+    /// The key's id (kid_...), as `keys list` shows it.
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// Arguments of `keys rotate`.
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    /// The key's id (kid_...).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// How long the old key keeps working, such as 24h (default) or 0s.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub grace: String,
+    /// Write the new key to this new file (0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `krouter-admin credentials ...`
+#[derive(Debug, Subcommand)]
+pub enum CredentialsVerb {
+    /// Store a provider credential; the value is read from stdin or a no-echo prompt.
+    Set(CredentialNameArg),
+    /// List credentials: names, dates, fingerprints. Never a value.
+    List,
+    /// Remove a credential.
+    Remove(CredentialNameArg),
+}
+
+/// A credential name argument.
+#[derive(Debug, Args)]
+pub struct CredentialNameArg {
+    /// The credential's name, as the policy's `credential = "..."` refers to it.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `krouter-admin store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreVerb {
+    /// Apply pending schema migrations.
+    Migrate,
+    /// Check the schema, decrypt every sealed field, and verify the audit chain.
+    Verify,
+    /// Re-encrypt everything under a new storage key (from stdin, a prompt, or --new-key-file).
+    Rekey(RekeyArgs),
+    /// Write a consistent copy of the store to a new 0600 file while it is in use.
+    Backup(BackupArgs),
+}
+
+/// Arguments of `store rekey`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Read the new storage key from this file (0600) instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// Generate a random new storage key and write it to secrets/storage.key.
+    #[arg(long, conflicts_with = "new_key_file")]
+    pub generate: bool,
+}
+
+/// Arguments of `store backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup file to create; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `krouter-admin audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditVerb {
+    /// List the audit log, oldest first.
+    List,
+    /// Verify the chain; names the first edited, inserted or deleted row and exits 3.
+    Verify,
 }
 
 /// `krouter-admin policy ...`
@@ -105,6 +231,30 @@ mod tests {
             ],
             &["krouter-admin", "--json", "policy", "check", "p.toml"],
             &["krouter-admin", "policy", "check", "p.toml", "--json"],
+            &["krouter-admin", "init"],
+            &[
+                "krouter-admin",
+                "keys",
+                "create",
+                "--label",
+                "ci",
+                "--group",
+                "g",
+                "--expires",
+                "90d",
+            ],
+            &["krouter-admin", "keys", "list", "--json"],
+            &["krouter-admin", "keys", "revoke", "kid_x"],
+            &["krouter-admin", "keys", "rotate", "kid_x", "--grace", "24h"],
+            &["krouter-admin", "credentials", "set", "openai-main"],
+            &["krouter-admin", "credentials", "list"],
+            &["krouter-admin", "credentials", "remove", "x"],
+            &["krouter-admin", "store", "migrate"],
+            &["krouter-admin", "store", "verify"],
+            &["krouter-admin", "store", "rekey"],
+            &["krouter-admin", "store", "backup", "--out", "b.sqlite"],
+            &["krouter-admin", "audit", "list"],
+            &["krouter-admin", "audit", "verify"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }

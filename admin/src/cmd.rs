@@ -1,13 +1,24 @@
-//! Dispatch from the parsed command line to one function per verb.
+//! Dispatch from the parsed command line to one function per verb. Every verb that changes
+//! the store runs in one store transaction that also appends its audit row.
 
+mod audit;
+mod credentials;
+mod init;
+mod keys;
 mod policy;
+mod store;
 
-use crate::cli::{Cli, Noun, PolicyVerb};
+use krouter_config::secret::load::Vars;
+use krouter_config::store::AuditEntry;
+
+use crate::cli::{AuditVerb, Cli, CredentialsVerb, KeysVerb, Noun, PolicyVerb, StoreVerb};
+use crate::context::Context;
 use crate::error::Error;
 use crate::output::Outcome;
 
-/// Runs one command. Nothing is printed here; the caller renders the outcome or the error.
-pub fn run(cli: &Cli) -> Result<Outcome, Error> {
+/// Runs one command with the variables read once in `main`. Nothing is printed here; the
+/// caller renders the outcome or the error.
+pub fn run(cli: &Cli, vars: &Vars) -> Result<Outcome, Error> {
     match &cli.noun {
         Noun::Policy(verb) => match verb {
             PolicyVerb::Keygen(args) => policy::keygen(args),
@@ -15,5 +26,48 @@ pub fn run(cli: &Cli) -> Result<Outcome, Error> {
             PolicyVerb::Verify(args) => policy::verify(args),
             PolicyVerb::Check(args) => policy::check(args),
         },
+        Noun::Init => init::init(&Context::new(vars)?),
+        Noun::Keys(verb) => {
+            let ctx = Context::new(vars)?;
+            match verb {
+                KeysVerb::Create(args) => keys::create(&ctx, args),
+                KeysVerb::List => keys::list(&ctx),
+                KeysVerb::Revoke(args) => keys::revoke(&ctx, args),
+                KeysVerb::Rotate(args) => keys::rotate(&ctx, args),
+            }
+        }
+        Noun::Credentials(verb) => {
+            let ctx = Context::new(vars)?;
+            match verb {
+                CredentialsVerb::Set(args) => credentials::set(&ctx, args),
+                CredentialsVerb::List => credentials::list(&ctx),
+                CredentialsVerb::Remove(args) => credentials::remove(&ctx, args),
+            }
+        }
+        Noun::Store(verb) => {
+            let ctx = Context::new(vars)?;
+            match verb {
+                StoreVerb::Migrate => store::migrate(&ctx),
+                StoreVerb::Verify => store::verify(&ctx),
+                StoreVerb::Rekey(args) => store::rekey(&ctx, args),
+                StoreVerb::Backup(args) => store::backup(&ctx, args),
+            }
+        }
+        Noun::Audit(verb) => {
+            let ctx = Context::new(vars)?;
+            match verb {
+                AuditVerb::List => audit::list(&ctx),
+                AuditVerb::Verify => audit::verify(&ctx),
+            }
+        }
+    }
+}
+
+/// The audit row of a successful command.
+fn entry(action: &str, target: &str) -> AuditEntry {
+    AuditEntry {
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: "ok".to_owned(),
     }
 }

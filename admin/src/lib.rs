@@ -1,19 +1,21 @@
 //! `krouter-admin`: the only process that writes krouter's keys, credentials, policy
 //! signatures and certificates.
 //!
-//! Today it owns the policy workflow: `policy keygen`, `sign`, `verify` and `check`. Each
-//! command is a function that takes parsed arguments and returns a printable outcome or an
-//! [`Error`] that maps to a documented exit code ([`exit`]); the binary only parses, calls
-//! [`run`] and prints.
+//! It owns `init`, `keys`, `credentials`, `policy`, `store` and `audit`. Each command is a
+//! function that takes parsed arguments and returns a printable outcome or an [`Error`] that
+//! maps to a documented exit code ([`exit`]); every change to the store is one transaction
+//! that also appends its audit row. The binary only parses, calls [`run`] and prints.
 //!
 //! It must never take a secret on the command line, never print a private key, and never
 //! leave a half-written file behind.
 
 pub mod cli;
 mod cmd;
+mod context;
 mod error;
 pub mod exit;
 pub mod output;
+mod prompt;
 
 pub use cmd::run;
 pub use error::Error;

@@ -1,11 +1,15 @@
-//! The one renderer: short human-readable text by default, JSON with `--json`. Outcomes
-//! never carry a secret, so nothing here needs masking.
+//! The one renderer: short human-readable text and tables by default, JSON with `--json`.
+//! The only secret an outcome can carry is a new API key shown once, held in [`ShownOnce`],
+//! whose `Debug` is redacted.
 
+use std::fmt;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
 
+use krouter_config::apikey::ApiKey;
 use krouter_policy::Summary;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::error::Error;
 
@@ -42,6 +46,157 @@ pub enum Outcome {
         #[serde(flatten)]
         summary: Summary,
     },
+    /// `init` made a new home.
+    Initialized {
+        /// The home directory.
+        home: PathBuf,
+        /// Secrets generated into `secrets/` (names only).
+        generated: Vec<String>,
+        /// Secrets taken from the environment or `NAME_FILE` (names only).
+        supplied: Vec<String>,
+        /// The policy signing key's id.
+        signing_key_id: String,
+    },
+    /// `keys create` or `keys rotate` made a key.
+    ApiKeyCreated {
+        /// The new key.
+        #[serde(flatten)]
+        key: KeyRow,
+        /// The key itself, shown this once (absent when written to a file).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret: Option<ShownOnce>,
+        /// The file the key was written to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        written_to: Option<PathBuf>,
+        /// For a rotation: the old key and when it stops working.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaces: Option<KeyRow>,
+    },
+    /// `keys list`.
+    Keys {
+        /// Every key.
+        keys: Vec<KeyRow>,
+    },
+    /// `keys revoke`.
+    KeyRevoked {
+        /// The revoked key.
+        #[serde(flatten)]
+        key: KeyRow,
+    },
+    /// `credentials set`.
+    CredentialSet {
+        /// Its name.
+        name: String,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+    /// `credentials list`.
+    Credentials {
+        /// Every credential, without values.
+        credentials: Vec<CredentialRow>,
+    },
+    /// `credentials remove`.
+    CredentialRemoved {
+        /// Its name.
+        name: String,
+    },
+    /// `store migrate`.
+    Migrated {
+        /// Schema version before.
+        from: i64,
+        /// Schema version after.
+        to: i64,
+    },
+    /// `store verify`.
+    StoreVerified {
+        /// The schema version.
+        schema: i64,
+        /// Credentials that decrypted.
+        credentials: usize,
+        /// Audit rows that verified.
+        audit_rows: usize,
+    },
+    /// `store rekey`.
+    Rekeyed {
+        /// Credentials re-encrypted.
+        credentials: usize,
+        /// Where the new key was written, if krouter-admin generated or holds it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_file: Option<PathBuf>,
+    },
+    /// `store backup`.
+    BackedUp {
+        /// The backup file.
+        out: PathBuf,
+    },
+    /// `audit list`.
+    Audit {
+        /// Every row, oldest first.
+        rows: Vec<AuditRow>,
+    },
+    /// `audit verify`.
+    AuditVerified {
+        /// Rows that verified.
+        rows: usize,
+    },
+}
+
+/// A new API key, shown exactly once. `Debug` is redacted; only serialization exposes it.
+pub struct ShownOnce(pub ApiKey);
+
+/// One API key, as lists show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRow {
+    /// Public id.
+    pub id: String,
+    /// Label.
+    pub label: String,
+    /// Group.
+    pub group: String,
+    /// Created, RFC 3339.
+    pub created: String,
+    /// Expires, RFC 3339.
+    pub expires: Option<String>,
+    /// Revoked, RFC 3339.
+    pub revoked: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub status: &'static str,
+}
+
+/// One credential, as lists show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialRow {
+    /// Name.
+    pub name: String,
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// First set, RFC 3339.
+    pub created: String,
+    /// Last set, RFC 3339.
+    pub updated: String,
+}
+
+/// One audit row, as lists show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    /// Position.
+    pub seq: i64,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// How it ended.
+    pub outcome: String,
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn time(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Prints a successful outcome on stdout.
@@ -115,17 +270,180 @@ fn human(outcome: &Outcome) -> String {
             "signature OK: key {}, serial {}\n{}",
             summary.signed_by.as_deref().unwrap_or("?"),
             summary.serial,
-            table(summary)
+            policy_table(summary)
         ),
         Outcome::Valid { summary } => format!(
             "policy is valid (signature not checked), serial {}\n{}",
             summary.serial,
-            table(summary)
+            policy_table(summary)
         ),
+        Outcome::Initialized {
+            home,
+            generated,
+            supplied,
+            signing_key_id,
+        } => {
+            let list = |items: &[String]| {
+                if items.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    items.join(", ")
+                }
+            };
+            format!(
+                "initialized krouter home {}\n  secrets generated  {}\n  secrets supplied   {}\n  signing key        {signing_key_id}\n  policy             policy/policy.toml (signed; edit, then `krouter-admin policy sign`)\n  next               krouter-admin keys create --label NAME",
+                home.display(),
+                list(generated),
+                list(supplied)
+            )
+        }
+        Outcome::ApiKeyCreated {
+            key,
+            secret,
+            written_to,
+            replaces,
+        } => {
+            let mut out = format!(
+                "created API key {} (label {}, group {}{})",
+                key.id,
+                key.label,
+                key.group,
+                key.expires
+                    .as_deref()
+                    .map(|e| format!(", expires {e}"))
+                    .unwrap_or_default()
+            );
+            if let Some(old) = replaces {
+                out.push_str(&format!(
+                    "\n  replaces {} which stops working at {}",
+                    old.id,
+                    old.expires.as_deref().unwrap_or("?")
+                ));
+            }
+            match (secret, written_to) {
+                (Some(secret), _) => out.push_str(&format!(
+                    "\n\n  {}\n\nThis is the only time the key is shown. Store it now.",
+                    secret.0.expose_secret()
+                )),
+                (None, Some(path)) => out.push_str(&format!(
+                    "\n  written to {} (0600); it is not shown",
+                    path.display()
+                )),
+                (None, None) => {}
+            }
+            out
+        }
+        Outcome::Keys { keys } => table(
+            &[
+                "ID", "LABEL", "GROUP", "STATUS", "CREATED", "EXPIRES", "REVOKED",
+            ],
+            keys.iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.label.clone(),
+                        k.group.clone(),
+                        k.status.to_owned(),
+                        k.created.clone(),
+                        k.expires.clone().unwrap_or_else(|| "-".to_owned()),
+                        k.revoked.clone().unwrap_or_else(|| "-".to_owned()),
+                    ]
+                })
+                .collect(),
+        ),
+        Outcome::KeyRevoked { key } => format!("revoked API key {} (label {})", key.id, key.label),
+        Outcome::CredentialSet { name, fingerprint } => {
+            format!("stored credential {name} (fingerprint {fingerprint})")
+        }
+        Outcome::Credentials { credentials } => table(
+            &["NAME", "FINGERPRINT", "CREATED", "UPDATED"],
+            credentials
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.fingerprint.clone(),
+                        c.created.clone(),
+                        c.updated.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        Outcome::CredentialRemoved { name } => format!("removed credential {name}"),
+        Outcome::Migrated { from, to } if from == to => {
+            format!("the store's schema is current (version {to})")
+        }
+        Outcome::Migrated { from, to } => {
+            format!("migrated the store's schema from {from} to {to}")
+        }
+        Outcome::StoreVerified {
+            schema,
+            credentials,
+            audit_rows,
+        } => format!(
+            "store OK: schema {schema}, {credentials} credential(s) decrypt, {audit_rows} audit row(s) verify"
+        ),
+        Outcome::Rekeyed {
+            credentials,
+            key_file,
+        } => {
+            let mut out =
+                format!("re-encrypted {credentials} credential(s) under the new storage key");
+            match key_file {
+                Some(path) => out.push_str(&format!("\n  the new key is in {}", path.display())),
+                None => out.push_str(
+                    "\n  update STORAGE_ENCRYPTION_KEY (or its _FILE) everywhere the store is used",
+                ),
+            }
+            out
+        }
+        Outcome::BackedUp { out } => format!("backed up the store to {} (0600)", out.display()),
+        Outcome::Audit { rows } => table(
+            &["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.seq.to_string(),
+                        r.at.clone(),
+                        r.actor.clone(),
+                        r.action.clone(),
+                        r.target.clone(),
+                        r.outcome.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        Outcome::AuditVerified { rows } => format!("audit log OK: {rows} row(s), chain intact"),
     }
 }
 
-fn table(summary: &Summary) -> String {
+/// Left-aligned columns separated by two spaces.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
+    if rows.is_empty() {
+        out.push("(none)".to_owned());
+    }
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn policy_table(summary: &Summary) -> String {
     let list = |items: &[String]| {
         if items.is_empty() {
             "(none)".to_owned()
@@ -145,4 +463,18 @@ fn table(summary: &Summary) -> String {
         list(&summary.routes),
         list(&summary.groups)
     )
+}
+
+// === impl ShownOnce ===
+
+impl fmt::Debug for ShownOnce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShownOnce([redacted])")
+    }
+}
+
+impl Serialize for ShownOnce {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.expose_secret())
+    }
 }

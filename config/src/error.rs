@@ -82,6 +82,9 @@ pub enum Error {
         /// The first break found.
         what: crate::store::audit::AuditBreak,
     },
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
     /// A trusted key file is malformed or repeated.
     #[error(transparent)]
     TrustedKey(#[from] krouter_policy::KeyFileError),

@@ -33,6 +33,8 @@ mod schema;
 pub use audit::{AuditEntry, AuditRecord};
 pub use credentials::CredentialInfo;
 pub use keys::ApiKeyRecord;
+/// The store schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = schema::KNOWN;
 
 use kdf::{DataKey, InstallSalt, KeyCheckValue};
 

@@ -37,6 +37,8 @@ pub enum Origin {
     VariableFile(PathBuf),
     /// `KROUTER_HOME/secrets/<file>`.
     HomeFile(PathBuf),
+    /// Typed at a prompt or piped on standard input.
+    Input,
 }
 
 /// Why a secret could not be used.
@@ -72,6 +74,26 @@ pub fn api_key_secret(source: &dyn Source, secrets_dir: &Path) -> Result<ApiKeyS
 /// Loads `JWT_SECRET`.
 pub fn jwt_secret(source: &dyn Source, secrets_dir: &Path) -> Result<JwtSecret, Error> {
     load(SecretName::JwtSecret, source, secrets_dir).map(JwtSecret::from_checked)
+}
+
+/// A new storage key given as bytes (for `store rekey`), after the same checks as at load.
+pub fn storage_key_from(bytes: Zeroizing<Vec<u8>>, origin: Origin) -> Result<StorageKey, Error> {
+    strength::check(SecretName::StorageKey, &bytes).map_err(|(name, weakness)| Error::Secret {
+        name,
+        problem: SecretProblem::Weak { origin, weakness },
+    })?;
+    Ok(StorageKey::from_checked(bytes))
+}
+
+/// Where `name` comes from now: the variable, its `_FILE`, or the home file.
+pub fn origin(name: SecretName, source: &dyn Source, secrets_dir: &Path) -> Origin {
+    if source.var(name.var()).is_some() {
+        Origin::Variable(name)
+    } else if let Some(path) = source.var(&file_var(name)) {
+        Origin::VariableFile(PathBuf::from(path))
+    } else {
+        Origin::HomeFile(secrets_dir.join(name.file_name()))
+    }
 }
 
 /// Whether `name` is supplied by the variable or `NAME_FILE` (so `init` must not make one).
@@ -194,6 +216,7 @@ impl fmt::Display for Origin {
             Self::Variable(name) => write!(f, "from the {name} variable"),
             Self::VariableFile(path) => write!(f, "from {}", path.display()),
             Self::HomeFile(path) => write!(f, "from {}", path.display()),
+            Self::Input => f.write_str("from standard input"),
         }
     }
 }

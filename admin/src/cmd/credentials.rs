@@ -1,0 +1,69 @@
+//! `krouter-admin credentials set|list|remove`. Values come from stdin or a no-echo prompt
+//! and are stored encrypted; nothing ever prints them.
+
+use crate::cli::CredentialNameArg;
+use crate::context::Context;
+use crate::error::Error;
+use crate::output::{CredentialRow, Outcome, time};
+use crate::prompt;
+
+/// Longest credential name (the policy's name rule).
+const MAX_NAME: usize = 64;
+
+pub(crate) fn set(ctx: &Context<'_>, args: &CredentialNameArg) -> Result<Outcome, Error> {
+    check_name(&args.name)?;
+    let mut writer = ctx.writer()?;
+    let value = prompt::read_secret(&format!("value for credential {}: ", args.name))?;
+    let fingerprint = writer.transaction(&super::entry("credentials.set", &args.name), |tx| {
+        tx.set_credential(&args.name, &value)
+    })?;
+    Ok(Outcome::CredentialSet {
+        name: args.name.clone(),
+        fingerprint,
+    })
+}
+
+pub(crate) fn list(ctx: &Context<'_>) -> Result<Outcome, Error> {
+    let writer = ctx.writer()?;
+    let credentials = writer
+        .reader_view()
+        .credentials()?
+        .into_iter()
+        .map(|c| CredentialRow {
+            name: c.name,
+            fingerprint: c.fingerprint,
+            created: time(c.created_at),
+            updated: time(c.updated_at),
+        })
+        .collect();
+    Ok(Outcome::Credentials { credentials })
+}
+
+pub(crate) fn remove(ctx: &Context<'_>, args: &CredentialNameArg) -> Result<Outcome, Error> {
+    let mut writer = ctx.writer()?;
+    writer.transaction(&super::entry("credentials.remove", &args.name), |tx| {
+        tx.remove_credential(&args.name)
+    })?;
+    Ok(Outcome::CredentialRemoved {
+        name: args.name.clone(),
+    })
+}
+
+/// The policy's name rule: 1-64 letters, digits, `.`, `_`, `-`, starting alphanumeric.
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "a credential name is 1-{MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )))
+    }
+}

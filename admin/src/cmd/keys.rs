@@ -1,0 +1,207 @@
+//! `krouter-admin keys create|list|revoke|rotate`. A key is shown once, at creation; the
+//! store keeps only its HMAC digest.
+
+use std::time::Duration;
+
+use krouter_config::apikey::{ApiKey, KeyDigest, KeyId};
+use krouter_config::fs::{self, PRIVATE_FILE};
+use krouter_config::store::ApiKeyRecord;
+
+use super::entry;
+
+use crate::cli::{KeyIdArg, KeysCreateArgs, KeysRotateArgs};
+use crate::context::{Context, StoredNames};
+use crate::error::Error;
+use crate::output::{KeyRow, Outcome, ShownOnce, time};
+
+/// Longest label.
+const MAX_LABEL: usize = 128;
+
+pub(crate) fn create(ctx: &Context<'_>, args: &KeysCreateArgs) -> Result<Outcome, Error> {
+    check_label(&args.label)?;
+    let lifetime = args.expires.as_deref().map(duration).transpose()?;
+    let secret = ctx.api_key_secret()?;
+    let mut writer = ctx.writer()?;
+    let names = StoredNames(
+        writer
+            .reader_view()
+            .credentials()?
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
+    );
+    let policy = ctx.policy(&names)?;
+    if policy.access().group(&args.group).is_none() {
+        return Err(Error::UnknownGroup {
+            group: args.group.clone(),
+            known: policy
+                .access()
+                .groups()
+                .iter()
+                .map(|g| g.name().to_owned())
+                .collect(),
+        });
+    }
+    let key = ApiKey::generate().map_err(Error::Generate)?;
+    let id = KeyId::generate().map_err(Error::Generate)?;
+    let now = now();
+    let record = ApiKeyRecord {
+        id: id.clone(),
+        digest: KeyDigest::of(&secret, &key),
+        label: args.label.clone(),
+        group: args.group.clone(),
+        created_at: now,
+        expires_at: lifetime.map(|d| now.saturating_add(secs(d))),
+        revoked_at: None,
+    };
+    // The file is written before the commit and removed if the commit fails, so a stored
+    // key always has its one copy.
+    if let Some(out) = &args.out {
+        fs::write_new(
+            out,
+            format!("{}\n", key.expose_secret()).as_bytes(),
+            PRIVATE_FILE,
+        )?;
+    }
+    let entry = entry("keys.create", id.as_str());
+    if let Err(e) = writer.transaction(&entry, |tx| tx.insert_key(&record)) {
+        if let Some(out) = &args.out {
+            let _removed = std::fs::remove_file(out);
+        }
+        return Err(e.into());
+    }
+    Ok(Outcome::ApiKeyCreated {
+        key: row(&record, now),
+        secret: args.out.is_none().then(|| ShownOnce(key)),
+        written_to: args.out.clone(),
+        replaces: None,
+    })
+}
+
+pub(crate) fn list(ctx: &Context<'_>) -> Result<Outcome, Error> {
+    let writer = ctx.writer()?;
+    let now = now();
+    let keys = writer
+        .reader_view()
+        .api_keys()?
+        .iter()
+        .map(|r| row(r, now))
+        .collect();
+    Ok(Outcome::Keys { keys })
+}
+
+pub(crate) fn revoke(ctx: &Context<'_>, args: &KeyIdArg) -> Result<Outcome, Error> {
+    let mut writer = ctx.writer()?;
+    let record = writer.transaction(&entry("keys.revoke", &args.id), |tx| {
+        tx.revoke_key(&args.id)?;
+        tx.key(&args.id)
+    })?;
+    Ok(Outcome::KeyRevoked {
+        key: row(&record, now()),
+    })
+}
+
+pub(crate) fn rotate(ctx: &Context<'_>, args: &KeysRotateArgs) -> Result<Outcome, Error> {
+    let grace = duration(&args.grace)?;
+    let secret = ctx.api_key_secret()?;
+    let mut writer = ctx.writer()?;
+    let key = ApiKey::generate().map_err(Error::Generate)?;
+    let id = KeyId::generate().map_err(Error::Generate)?;
+    if let Some(out) = &args.out {
+        fs::write_new(
+            out,
+            format!("{}\n", key.expose_secret()).as_bytes(),
+            PRIVATE_FILE,
+        )?;
+    }
+    let target = format!("{} -> {}", args.id, id);
+    let result = writer.transaction(&entry("keys.rotate", &target), |tx| {
+        let old = tx.key(&args.id)?;
+        if !old.is_active(tx.now()) {
+            return Err(krouter_config::store::StoreError::NotFound {
+                what: "active API key",
+                name: args.id.clone(),
+            }
+            .into());
+        }
+        let record = ApiKeyRecord {
+            id: id.clone(),
+            digest: KeyDigest::of(&secret, &key),
+            label: old.label.clone(),
+            group: old.group,
+            created_at: tx.now(),
+            expires_at: None,
+            revoked_at: None,
+        };
+        tx.insert_key(&record)?;
+        tx.expire_key(&args.id, tx.now().saturating_add(secs(grace)))?;
+        Ok((record, tx.key(&args.id)?))
+    });
+    let (record, old) = match result {
+        Ok(pair) => pair,
+        Err(e) => {
+            if let Some(out) = &args.out {
+                let _removed = std::fs::remove_file(out);
+            }
+            return Err(e.into());
+        }
+    };
+    let now = now();
+    Ok(Outcome::ApiKeyCreated {
+        key: row(&record, now),
+        secret: args.out.is_none().then(|| ShownOnce(key)),
+        written_to: args.out.clone(),
+        replaces: Some(row(&old, now)),
+    })
+}
+
+/// A duration such as `90d`, `24h`, `30m` or `0s`.
+pub(crate) fn duration(text: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(text).map_err(|_| {
+        Error::Usage(format!(
+            "{text:?} is not a duration: use a number and a unit, such as 90d, 24h, 30m or 0s"
+        ))
+    })
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn check_label(label: &str) -> Result<(), Error> {
+    let ok = !label.trim().is_empty()
+        && label.chars().count() <= MAX_LABEL
+        && !label.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "a label is 1-{MAX_LABEL} printable characters"
+        )))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn row(r: &ApiKeyRecord, now: i64) -> KeyRow {
+    let status = if r.revoked_at.is_some() {
+        "revoked"
+    } else if r.expires_at.is_some_and(|t| now >= t) {
+        "expired"
+    } else {
+        "active"
+    };
+    KeyRow {
+        id: r.id.to_string(),
+        label: r.label.clone(),
+        group: r.group.clone(),
+        created: time(r.created_at),
+        expires: r.expires_at.map(time),
+        revoked: r.revoked_at.map(time),
+        status,
+    }
+}

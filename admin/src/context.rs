@@ -1,0 +1,104 @@
+//! What every store command needs: the variables read once in `main`, the home they point
+//! at, the acting OS user, the secrets, the store writer, and the policy in force.
+
+use krouter_config::home::KrouterHome;
+use krouter_config::policy_files::{read_signed, read_trusted_dir};
+use krouter_config::secret::load::{self, Source, Vars};
+use krouter_config::secret::{ApiKeySecret, StorageKey};
+use krouter_config::store::StoreWriter;
+use krouter_policy::{CredentialNames, Policy, PolicyFiles};
+
+use crate::error::Error;
+
+/// The environment of one command.
+pub(crate) struct Context<'a> {
+    pub(crate) vars: &'a Vars,
+    pub(crate) home: KrouterHome,
+}
+
+/// The credential names of a store, for validating the policy in force against it.
+pub(crate) struct StoredNames(pub(crate) Vec<String>);
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(vars: &'a Vars) -> Result<Self, Error> {
+        Ok(Self {
+            vars,
+            home: KrouterHome::resolve(vars)?,
+        })
+    }
+
+    /// The OS user running the command, for the audit log.
+    pub(crate) fn actor(&self) -> String {
+        let name = self
+            .vars
+            .var("USER")
+            .or_else(|| self.vars.var("LOGNAME"))
+            .filter(|n| !n.is_empty());
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+            });
+        match (name, uid) {
+            (Some(name), Some(uid)) => format!("{name} (uid {uid})"),
+            (Some(name), None) => name.to_owned(),
+            (None, Some(uid)) => format!("uid {uid}"),
+            (None, None) => "unknown".to_owned(),
+        }
+    }
+
+    /// `STORAGE_ENCRYPTION_KEY`, after checking the secrets directory is private.
+    pub(crate) fn storage_key(&self) -> Result<StorageKey, Error> {
+        self.check_secrets_dir()?;
+        Ok(load::storage_key(self.vars, &self.home.secrets_dir())?)
+    }
+
+    /// `API_KEY_SECRET`.
+    pub(crate) fn api_key_secret(&self) -> Result<ApiKeySecret, Error> {
+        self.check_secrets_dir()?;
+        Ok(load::api_key_secret(self.vars, &self.home.secrets_dir())?)
+    }
+
+    fn check_secrets_dir(&self) -> Result<(), Error> {
+        if self.home.secrets_dir().exists() {
+            self.home.check_private()?;
+        }
+        Ok(())
+    }
+
+    /// The store, opened for writing.
+    pub(crate) fn writer(&self) -> Result<StoreWriter, Error> {
+        let key = self.storage_key()?;
+        Ok(StoreWriter::open(
+            &self.home.store_file(),
+            &key,
+            &self.actor(),
+        )?)
+    }
+
+    /// The signed policy in force, verified as the proxy would (without the rollback
+    /// check, which is the proxy's state).
+    pub(crate) fn policy(&self, credentials: &dyn CredentialNames) -> Result<Policy, Error> {
+        let trusted = read_trusted_dir(&self.home.trusted_dir()).map_err(Error::Trust)?;
+        let files = read_signed(&self.home.policy_file(), None)?;
+        Ok(krouter_policy::load(
+            PolicyFiles {
+                name: &files.name,
+                bytes: &files.bytes,
+                sig_name: &files.sig_name,
+                sig: &files.sig,
+            },
+            &trusted,
+            None,
+            credentials,
+        )?)
+    }
+}
+
+impl CredentialNames for StoredNames {
+    fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
+}
