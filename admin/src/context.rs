@@ -1,11 +1,14 @@
 //! What every store command needs: the variables read once in `main`, the home they point
 //! at, the acting OS user, the secrets, the store writer, and the policy in force.
 
+use std::path::PathBuf;
+
+use krouter_config::fs::read_secret;
 use krouter_config::home::KrouterHome;
 use krouter_config::policy_files::{read_signed, read_trusted_dir};
-use krouter_config::secret::load::{self, Source, Vars};
-use krouter_config::secret::{ApiKeySecret, StorageKey};
-use krouter_config::store::StoreWriter;
+use krouter_config::secret::load::{self, Origin, Source, Vars};
+use krouter_config::secret::{ApiKeySecret, SecretName, StorageKey};
+use krouter_config::store::{AuditEntry, StoreError, StoreWriter};
 use krouter_policy::{CredentialNames, Policy, PolicyFiles};
 
 use crate::error::Error;
@@ -68,14 +71,52 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// The store, opened for writing.
+    /// The store, opened for writing. Finishes an interrupted `store rekey` first: when the
+    /// home's `storage.key` no longer opens the store but `storage.key.new` does, the rekey
+    /// committed and only the final rename was lost, so the rename is done now; when
+    /// `storage.key` still opens it, a left-over `storage.key.new` is stale and removed.
     pub(crate) fn writer(&self) -> Result<StoreWriter, Error> {
+        let store = self.home.store_file();
         let key = self.storage_key()?;
-        Ok(StoreWriter::open(
-            &self.home.store_file(),
-            &key,
-            &self.actor(),
-        )?)
+        let opened = StoreWriter::open(&store, &key, &self.actor());
+        let origin = load::origin(SecretName::StorageKey, self.vars, &self.home.secrets_dir());
+        let Origin::HomeFile(key_file) = origin else {
+            return Ok(opened?);
+        };
+        let staged = PathBuf::from(format!("{}.new", key_file.display()));
+        if !staged.exists() {
+            return Ok(opened?);
+        }
+        match opened {
+            Ok(writer) => {
+                std::fs::remove_file(&staged).map_err(|e| krouter_config::Error::Io {
+                    path: staged.clone(),
+                    action: "remove a stale new storage key",
+                    source: e,
+                })?;
+                Ok(writer)
+            }
+            Err(krouter_config::Error::Store(StoreError::WrongKey { .. })) => {
+                let bytes = read_secret(&staged, 4096)?;
+                let new_key = load::storage_key_from(bytes, Origin::HomeFile(staged.clone()))?;
+                let mut writer = StoreWriter::open(&store, &new_key, &self.actor())?;
+                std::fs::rename(&staged, &key_file).map_err(|e| krouter_config::Error::Io {
+                    path: key_file.clone(),
+                    action: "move the new storage key into place",
+                    source: e,
+                })?;
+                writer.transaction(
+                    &AuditEntry {
+                        action: "store.rekey.finish".to_owned(),
+                        target: "storage key".to_owned(),
+                        outcome: "ok".to_owned(),
+                    },
+                    |_| Ok(()),
+                )?;
+                Ok(writer)
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// The signed policy in force, verified as the proxy would (without the rollback

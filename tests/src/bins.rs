@@ -75,6 +75,36 @@ pub fn admin(dir: &Path, args: &[&str]) -> Run {
     run(&admin_path(), dir, args)
 }
 
+/// Runs `krouter-admin` with `args` in `dir`, the variables `env` (nothing else but `PATH`)
+/// and `stdin` piped in (or none).
+pub fn admin_with(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = admin_command(dir, args, env);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("krouter-admin starts");
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        pipe.write_all(bytes).expect("stdin accepts the value");
+    }
+    Run::from_output(child.wait_with_output().expect("krouter-admin finishes"))
+}
+
+/// A `krouter-admin` command ready to spawn: clean environment plus `env`, in `dir`.
+pub fn admin_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(admin_path());
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied());
+    cmd
+}
+
 /// Runs `krouter` with `args` in `dir`, with a clean environment and no stdin.
 pub fn proxy(dir: &Path, args: &[&str]) -> Run {
     run(&proxy_path(), dir, args)

@@ -12,4 +12,5 @@
 mod e2e {
     mod conventions;
     mod policy_cli;
+    mod store_cli;
 }

@@ -43,6 +43,14 @@ pub(crate) fn verify(ctx: &Context<'_>) -> Result<Outcome, Error> {
 pub(crate) fn rekey(ctx: &Context<'_>, args: &RekeyArgs) -> Result<Outcome, Error> {
     let mut writer = ctx.writer()?;
     let current = load::origin(SecretName::StorageKey, ctx.vars, &ctx.home.secrets_dir());
+    if args.generate && !matches!(current, Origin::HomeFile(_)) {
+        return Err(Error::Usage(
+            "--generate writes the new key to secrets/storage.key, but this store's key comes from \
+             STORAGE_ENCRYPTION_KEY or its _FILE; pipe the new key on stdin or give --new-key-file, \
+             then update the variable"
+                .to_owned(),
+        ));
+    }
     let (bytes, origin) = if args.generate {
         let text = secret::generate(SecretName::StorageKey)?;
         (
@@ -72,7 +80,7 @@ pub(crate) fn rekey(ctx: &Context<'_>, args: &RekeyArgs) -> Result<Outcome, Erro
         .as_ref()
         .map(|p| PathBuf::from(format!("{}.new", p.display())));
     if let Some(staged) = &staged {
-        let _stale = std::fs::remove_file(staged);
+        // `writer()` above already finished or cleared any earlier interrupted rekey.
         fs::write_new(staged, &bytes, PRIVATE_FILE)?;
     }
     let count = match writer.rekey(&new_key, &super::entry("store.rekey", "storage key")) {
