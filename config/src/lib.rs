@@ -18,4 +18,7 @@ pub mod secret;
 pub mod settings;
 pub mod store;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::Error;

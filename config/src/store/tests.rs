@@ -301,3 +301,104 @@ fn schema_and_missing_files_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("schema version is 99"), "{err}");
 }
+
+/// Name of the variable that turns a run of this test binary into the read-only child.
+const RO_CHILD: &str = "KROUTER_TEST_READONLY_STORE";
+
+/// The child half of `a_reader_without_write_permission_reads_while_the_writer_commits`:
+/// runs without any capability (so even root obeys file modes), in a directory it cannot
+/// write, and reads the store before and after the parent commits.
+#[test]
+fn readonly_child() {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test-only switch between parent and child"
+    )]
+    let Some(path) = std::env::var_os(RO_CHILD) else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let dir = path.parent().unwrap();
+    assert!(
+        std::fs::write(dir.join("probe"), b"x").is_err(),
+        "the child can write the store's directory; the test proves nothing"
+    );
+    let r = StoreReader::open(&path, &storage_key(1)).unwrap();
+    assert_eq!(r.credential("a").unwrap().expose_secret(), b"first");
+    println!("ready");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(b) = r.credential("b") {
+            assert_eq!(b.expose_secret(), b"second");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the writer's commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reader_without_write_permission_reads_while_the_writer_commits() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::{Command, Stdio};
+
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        panic!("setpriv (util-linux) is needed to drop capabilities for this test");
+    }
+    let (dir, path, mut w) = new_store();
+    w.transaction(&entry("credentials.set", "a"), |tx| {
+        tx.set_credential("a", b"first")
+    })
+    .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let child = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::readonly_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(RO_CHILD, path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // While the writer is open: the child reads, then sees the next commit.
+    let mut reader = child(&path);
+    let mut lines = std::io::BufReader::new(reader.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("ready"));
+    assert!(ready, "the read-only child never got ready");
+    w.transaction(&entry("credentials.set", "b"), |tx| {
+        tx.set_credential("b", b"second")
+    })
+    .unwrap();
+    let out = reader.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // After the writer has gone: the persistent WAL files are still there to read with.
+    drop(w);
+    let out = child(&path).wait_with_output().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready"));
+}
