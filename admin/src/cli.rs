@@ -95,11 +95,35 @@ pub struct KeysRotateArgs {
 #[derive(Debug, Subcommand)]
 pub enum CredentialsVerb {
     /// Store a provider credential; the value is read from stdin or a no-echo prompt.
-    Set(CredentialNameArg),
+    Set(CredentialSetArgs),
     /// List credentials: names, dates, fingerprints. Never a value.
     List,
     /// Remove a credential.
     Remove(CredentialNameArg),
+}
+
+/// Arguments of `credentials set`.
+#[derive(Debug, Args)]
+pub struct CredentialSetArgs {
+    /// The credential's name, as the policy's `credential = "..."` refers to it.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The kind of provider it authenticates to.
+    #[arg(long, value_enum, default_value_t = CredentialKindArg::Generic)]
+    pub kind: CredentialKindArg,
+}
+
+/// The kinds `credentials set --kind` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CredentialKindArg {
+    /// An OpenAI API key.
+    Openai,
+    /// An Anthropic API key.
+    Anthropic,
+    /// A key for an OpenAI-compatible server.
+    OpenaiCompatible,
+    /// Anything else.
+    Generic,
 }
 
 /// A credential name argument.
@@ -247,6 +271,14 @@ mod tests {
             &["krouter-admin", "keys", "revoke", "kid_x"],
             &["krouter-admin", "keys", "rotate", "kid_x", "--grace", "24h"],
             &["krouter-admin", "credentials", "set", "openai-main"],
+            &[
+                "krouter-admin",
+                "credentials",
+                "set",
+                "openai-main",
+                "--kind",
+                "openai",
+            ],
             &["krouter-admin", "credentials", "list"],
             &["krouter-admin", "credentials", "remove", "x"],
             &["krouter-admin", "store", "migrate"],

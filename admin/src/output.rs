@@ -87,6 +87,8 @@ pub enum Outcome {
     CredentialSet {
         /// Its name.
         name: String,
+        /// What it is for.
+        kind: &'static str,
         /// Its fingerprint.
         fingerprint: String,
     },
@@ -168,6 +170,8 @@ pub struct KeyRow {
 pub struct CredentialRow {
     /// Name.
     pub name: String,
+    /// What it is for.
+    pub kind: &'static str,
     /// Fingerprint.
     pub fingerprint: String,
     /// First set, RFC 3339.
@@ -352,16 +356,19 @@ fn human(outcome: &Outcome) -> String {
                 .collect(),
         ),
         Outcome::KeyRevoked { key } => format!("revoked API key {} (label {})", key.id, key.label),
-        Outcome::CredentialSet { name, fingerprint } => {
-            format!("stored credential {name} (fingerprint {fingerprint})")
-        }
+        Outcome::CredentialSet {
+            name,
+            kind,
+            fingerprint,
+        } => format!("stored credential {name} (kind {kind}, fingerprint {fingerprint})"),
         Outcome::Credentials { credentials } => table(
-            &["NAME", "FINGERPRINT", "CREATED", "UPDATED"],
+            &["NAME", "KIND", "FINGERPRINT", "CREATED", "UPDATED"],
             credentials
                 .iter()
                 .map(|c| {
                     vec![
                         c.name.clone(),
+                        c.kind.to_owned(),
                         c.fingerprint.clone(),
                         c.created.clone(),
                         c.updated.clone(),

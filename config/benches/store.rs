@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use krouter_config::apikey::{ApiKey, KeyDigest};
 use krouter_config::secret::load::{self, Vars};
 use krouter_config::secret::{self, SecretName};
-use krouter_config::store::{AuditEntry, StoreReader, StoreWriter};
+use krouter_config::store::{AuditEntry, CredentialKind, StoreReader, StoreWriter};
 
 const CREDENTIALS: usize = 10_000;
 const KEYS: usize = 10_000;
@@ -49,6 +49,7 @@ fn main() {
             for i in 0..CREDENTIALS {
                 tx.set_credential(
                     &format!("cred-{i}"),
+                    CredentialKind::Generic,
                     format!("upstream-value-{i:08}").as_bytes(),
                 )?;
             }

@@ -31,7 +31,7 @@ pub mod keys;
 mod schema;
 
 pub use audit::{AuditEntry, AuditRecord};
-pub use credentials::CredentialInfo;
+pub use credentials::{CredentialInfo, CredentialKind};
 pub use keys::ApiKeyRecord;
 /// The store schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = schema::KNOWN;

@@ -20,6 +20,7 @@ CREATE TABLE api_keys (
 
 CREATE TABLE credentials (
     name        TEXT PRIMARY KEY NOT NULL,
+    kind        TEXT NOT NULL,               -- the provider kind it is for, or 'generic'
     value       TEXT NOT NULL,               -- enc:v1:... bound to (credentials, value, name)
     fingerprint TEXT NOT NULL,               -- short keyed hash, for humans comparing values
     created_at  INTEGER NOT NULL,

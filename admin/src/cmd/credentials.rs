@@ -1,7 +1,9 @@
 //! `krouter-admin credentials set|list|remove`. Values come from stdin or a no-echo prompt
 //! and are stored encrypted; nothing ever prints them.
 
-use crate::cli::CredentialNameArg;
+use krouter_config::store::CredentialKind;
+
+use crate::cli::{CredentialKindArg, CredentialNameArg, CredentialSetArgs};
 use crate::context::Context;
 use crate::error::Error;
 use crate::output::{CredentialRow, Outcome, time};
@@ -10,15 +12,22 @@ use crate::prompt;
 /// Longest credential name (the policy's name rule).
 const MAX_NAME: usize = 64;
 
-pub(crate) fn set(ctx: &Context<'_>, args: &CredentialNameArg) -> Result<Outcome, Error> {
+pub(crate) fn set(ctx: &Context<'_>, args: &CredentialSetArgs) -> Result<Outcome, Error> {
     check_name(&args.name)?;
+    let kind = match args.kind {
+        CredentialKindArg::Openai => CredentialKind::OpenAi,
+        CredentialKindArg::Anthropic => CredentialKind::Anthropic,
+        CredentialKindArg::OpenaiCompatible => CredentialKind::OpenAiCompatible,
+        CredentialKindArg::Generic => CredentialKind::Generic,
+    };
     let mut writer = ctx.writer()?;
     let value = prompt::read_secret(&format!("value for credential {}: ", args.name))?;
     let fingerprint = writer.transaction(&super::entry("credentials.set", &args.name), |tx| {
-        tx.set_credential(&args.name, &value)
+        tx.set_credential(&args.name, kind, &value)
     })?;
     Ok(Outcome::CredentialSet {
         name: args.name.clone(),
+        kind: kind.as_str(),
         fingerprint,
     })
 }
@@ -31,6 +40,7 @@ pub(crate) fn list(ctx: &Context<'_>) -> Result<Outcome, Error> {
         .into_iter()
         .map(|c| CredentialRow {
             name: c.name,
+            kind: c.kind.as_str(),
             fingerprint: c.fingerprint,
             created: time(c.created_at),
             updated: time(c.updated_at),

@@ -16,17 +16,56 @@ use crate::store::{StoreError, WriteTx, sqlite};
 /// Largest credential accepted (provider keys are under 200 bytes; some tokens are longer).
 pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 
+/// What a credential is for: the kind of provider it authenticates to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An OpenAI API key.
+    OpenAi,
+    /// An Anthropic API key.
+    Anthropic,
+    /// A key for an OpenAI-compatible server.
+    OpenAiCompatible,
+    /// Anything else.
+    Generic,
+}
+
 /// A stored credential, without its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialInfo {
     /// Its name, as the policy refers to it.
     pub name: String,
+    /// What it is for.
+    pub kind: CredentialKind,
     /// A short keyed hash of the value: equal values have equal fingerprints.
     pub fingerprint: String,
     /// When it was first set, unix seconds.
     pub created_at: i64,
     /// When it was last set, unix seconds.
     pub updated_at: i64,
+}
+
+impl CredentialKind {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::OpenAiCompatible => "openai-compatible",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// The kind named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::OpenAi,
+            Self::Anthropic,
+            Self::OpenAiCompatible,
+            Self::Generic,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
 }
 
 fn aad(name: &str) -> Aad<'_> {
@@ -52,20 +91,35 @@ pub(crate) fn fingerprint(mac_key: &[u8], value: &[u8]) -> String {
 
 pub(crate) fn list(conn: &Connection, path: &Path) -> Result<Vec<CredentialInfo>, Error> {
     let mut stmt = conn
-        .prepare("SELECT name, fingerprint, created_at, updated_at FROM credentials ORDER BY name")
+        .prepare(
+            "SELECT name, kind, fingerprint, created_at, updated_at FROM credentials ORDER BY name",
+        )
         .map_err(|e| sqlite(path, "read the credentials", e))?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(CredentialInfo {
-                name: r.get(0)?,
-                fingerprint: r.get(1)?,
-                created_at: r.get(2)?,
-                updated_at: r.get(3)?,
-            })
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
         })
         .map_err(|e| sqlite(path, "read the credentials", e))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(|e| sqlite(path, "read the credentials", e))
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, kind, fingerprint, created_at, updated_at) =
+            row.map_err(|e| sqlite(path, "read the credentials", e))?;
+        out.push(CredentialInfo {
+            name,
+            kind: CredentialKind::parse(&kind)
+                .ok_or_else(|| crate::store::damaged(path, "a credential's kind is unknown"))?,
+            fingerprint,
+            created_at,
+            updated_at,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn get(
@@ -144,16 +198,21 @@ pub(crate) fn reseal_all(tx: &mut WriteTx<'_>, next: &DataKey) -> Result<usize, 
 
 impl WriteTx<'_> {
     /// Stores (or replaces) credential `name`; returns its fingerprint.
-    pub fn set_credential(&mut self, name: &str, value: &[u8]) -> Result<String, Error> {
+    pub fn set_credential(
+        &mut self,
+        name: &str,
+        kind: CredentialKind,
+        value: &[u8],
+    ) -> Result<String, Error> {
         let sealed = envelope::seal(self.key, &aad(name), value)
             .map_err(|_| crate::store::crypto("could not encrypt the credential"))?;
         let fp = fingerprint(self.mac_key, value);
         self.tx
             .execute(
-                "INSERT INTO credentials (name, value, fingerprint, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)
-                 ON CONFLICT(name) DO UPDATE SET value = ?2, fingerprint = ?3, updated_at = ?4",
-                params![name, sealed, fp, self.now],
+                "INSERT INTO credentials (name, kind, value, fingerprint, created_at, updated_at)
+                 VALUES (?1, ?5, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(name) DO UPDATE SET kind = ?5, value = ?2, fingerprint = ?3, updated_at = ?4",
+                params![name, sealed, fp, self.now, kind.as_str()],
             )
             .map_err(|e| sqlite(self.path, "store the credential", e))?;
         Ok(fp)

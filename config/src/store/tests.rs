@@ -6,6 +6,7 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::apikey::{ApiKey, KeyDigest, KeyId};
 use crate::secret::ApiKeySecret;
+use crate::store::CredentialKind;
 
 fn storage_key(seed: u8) -> StorageKey {
     let bytes: Vec<u8> = (0u8..44)
@@ -39,7 +40,7 @@ fn credentials_round_trip_through_a_reader() {
     let (_dir, path, mut w) = new_store();
     let fp = w
         .transaction(&entry("credentials.set", "openai"), |tx| {
-            tx.set_credential("openai", b"upstream-value-1")
+            tx.set_credential("openai", CredentialKind::Generic, b"upstream-value-1")
         })
         .unwrap();
     assert!(fp.starts_with("fp_"));
@@ -90,11 +91,11 @@ fn a_wrong_storage_key_is_a_clear_error_at_open() {
 fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
     let (_dir, path, mut w) = new_store();
     w.transaction(&entry("credentials.set", "a"), |tx| {
-        tx.set_credential("a", b"value-a")
+        tx.set_credential("a", CredentialKind::Generic, b"value-a")
     })
     .unwrap();
     w.transaction(&entry("credentials.set", "b"), |tx| {
-        tx.set_credential("b", b"value-b")
+        tx.set_credential("b", CredentialKind::Generic, b"value-b")
     })
     .unwrap();
     let conn = raw(&path);
@@ -136,7 +137,7 @@ fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
 fn a_failed_command_leaves_the_store_as_it_was() {
     let (_dir, _path, mut w) = new_store();
     let result: Result<(), Error> = w.transaction(&entry("credentials.set", "x"), |tx| {
-        tx.set_credential("x", b"v")?;
+        tx.set_credential("x", CredentialKind::Generic, b"v")?;
         Err(StoreError::NotFound {
             what: "thing",
             name: "y".to_owned(),
@@ -190,7 +191,7 @@ fn the_audit_chain_detects_edits_inserts_and_deletes() {
     for i in 0..4 {
         let name = format!("c{i}");
         w.transaction(&entry("credentials.set", &name), |tx| {
-            tx.set_credential(&name, b"v")
+            tx.set_credential(&name, CredentialKind::Generic, b"v")
         })
         .unwrap();
     }
@@ -236,7 +237,7 @@ fn rekey_reencrypts_everything_and_only_the_new_key_opens() {
     let (_dir, path, mut w) = new_store();
     for name in ["a", "b", "c"] {
         w.transaction(&entry("credentials.set", name), |tx| {
-            tx.set_credential(name, name.as_bytes())
+            tx.set_credential(name, CredentialKind::Generic, name.as_bytes())
         })
         .unwrap();
     }
@@ -258,7 +259,7 @@ fn backup_is_a_private_consistent_copy() {
     use std::os::unix::fs::MetadataExt as _;
     let (dir, _path, mut w) = new_store();
     w.transaction(&entry("credentials.set", "a"), |tx| {
-        tx.set_credential("a", b"v")
+        tx.set_credential("a", CredentialKind::Generic, b"v")
     })
     .unwrap();
     let out = dir.path().join("backup.sqlite");
@@ -272,8 +273,10 @@ fn backup_is_a_private_consistent_copy() {
 #[test]
 fn the_wal_files_persist_after_the_writer_closes() {
     let (_dir, path, mut w) = new_store();
-    w.transaction(&entry("x", "y"), |tx| tx.set_credential("a", b"v"))
-        .unwrap();
+    w.transaction(&entry("x", "y"), |tx| {
+        tx.set_credential("a", CredentialKind::Generic, b"v")
+    })
+    .unwrap();
     drop(w);
     for suffix in ["-wal", "-shm"] {
         assert!(
@@ -351,7 +354,7 @@ fn a_reader_without_write_permission_reads_while_the_writer_commits() {
     }
     let (dir, path, mut w) = new_store();
     w.transaction(&entry("credentials.set", "a"), |tx| {
-        tx.set_credential("a", b"first")
+        tx.set_credential("a", CredentialKind::Generic, b"first")
     })
     .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
@@ -381,7 +384,7 @@ fn a_reader_without_write_permission_reads_while_the_writer_commits() {
         .any(|l| l.contains("ready"));
     assert!(ready, "the read-only child never got ready");
     w.transaction(&entry("credentials.set", "b"), |tx| {
-        tx.set_credential("b", b"second")
+        tx.set_credential("b", CredentialKind::Generic, b"second")
     })
     .unwrap();
     let out = reader.wait_with_output().unwrap();

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use krouter_config::secret::load::{self, Vars};
+use krouter_config::store::{AuditEntry, CredentialKind, StoreWriter};
 use krouter_tests::bins::{Run, admin_command, admin_with};
 use krouter_tests::leak;
 use rusqlite::{Connection, OpenFlags};
@@ -377,16 +379,32 @@ fn concurrent_commands_serialise_instead_of_failing() {
 }
 
 /// Kills `store rekey` at varying moments; every time, exactly one of the keys opens the
-/// store and every credential still decrypts.
+/// store and every credential still decrypts. Thousands of credentials (written through the
+/// library, which is much faster than one process each) make the rekey transaction long
+/// enough for most kills to land inside it.
 #[test]
 fn a_rekey_killed_at_any_moment_loses_nothing() {
+    const CREDENTIALS: usize = 4000;
     let home = Home::init();
-    for name in ["c0", "c1", "c2"] {
-        let run = home.admin_stdin(
-            &["credentials", "set", name],
-            format!("secret-{name}-abcdefgh").as_bytes(),
-        );
-        assert_eq!(run.code, 0, "{run:?}");
+    {
+        let key_text = home.secret("storage.key");
+        let vars = Vars::from_pairs([("STORAGE_ENCRYPTION_KEY", key_text.trim())]);
+        let key = load::storage_key(&vars, &home.root.join("secrets")).unwrap();
+        let mut writer = StoreWriter::open(&home.store(), &key, "test-fill").unwrap();
+        let entry = AuditEntry {
+            action: "test.fill".to_owned(),
+            target: format!("{CREDENTIALS} credentials"),
+            outcome: "ok".to_owned(),
+        };
+        writer
+            .transaction(&entry, |tx| {
+                for i in 0..CREDENTIALS {
+                    let value = format!("secret-c{i}-abcdefgh");
+                    tx.set_credential(&format!("c{i}"), CredentialKind::Generic, value.as_bytes())?;
+                }
+                Ok(())
+            })
+            .unwrap();
     }
     let env = home.env();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -398,16 +416,14 @@ fn a_rekey_killed_at_any_moment_loses_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(round * 7 % 60));
+        std::thread::sleep(Duration::from_millis(round * 37 % 400));
         let _ = child.kill();
         let _ = child.wait();
         // The next command finishes or clears the interrupted rekey, then verifies.
         let run = home.admin(&["store", "verify"]);
         assert_eq!(run.code, 0, "round {round}: {run:?}");
-        assert!(
-            run.stdout.contains("3 credential(s) decrypt"),
-            "round {round}: {run:?}"
-        );
+        let want = format!("{CREDENTIALS} credential(s) decrypt");
+        assert!(run.stdout.contains(&want), "round {round}: {run:?}");
         assert!(
             !home.root.join("secrets/storage.key.new").exists(),
             "round {round}"
