@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use krouter_config::fs::read_secret;
+use krouter_config::fs::{FileLock, read_secret, sync_dir};
 use krouter_config::home::KrouterHome;
 use krouter_config::policy_files::{read_signed, read_trusted_dir};
 use krouter_config::secret::load::{self, Origin, Source, Vars};
@@ -71,40 +71,53 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// The store, opened for writing. Finishes an interrupted `store rekey` first: when the
-    /// home's `storage.key` no longer opens the store but `storage.key.new` does, the rekey
-    /// committed and only the final rename was lost, so the rename is done now; when
-    /// `storage.key` still opens it, a left-over `storage.key.new` is stale and removed.
+    /// The store, opened for writing. Finishes an interrupted `store rekey` first. A staged
+    /// `storage.key.new` is looked at only under the key lock that a live rekey holds until
+    /// its key is in place, so a running rekey is waited for, never interfered with. Under the
+    /// lock, a staged key means a rekey died: if `storage.key` still opens the store, it died
+    /// before its commit and the staged key is stale (removed); if not, it died after, and the
+    /// staged key is moved into place.
     pub(crate) fn writer(&self) -> Result<StoreWriter, Error> {
         let store = self.home.store_file();
-        let key = self.storage_key()?;
-        let opened = StoreWriter::open(&store, &key, &self.actor());
         let origin = load::origin(SecretName::StorageKey, self.vars, &self.home.secrets_dir());
-        let Origin::HomeFile(key_file) = origin else {
-            return Ok(opened?);
+        let staged = match &origin {
+            Origin::HomeFile(key_file) => {
+                Some(PathBuf::from(format!("{}.new", key_file.display())))
+            }
+            Origin::Variable(_) | Origin::VariableFile(_) | Origin::Input => None,
         };
-        let staged = PathBuf::from(format!("{}.new", key_file.display()));
+        let Some(staged) = staged.filter(|s| s.exists()) else {
+            return Ok(StoreWriter::open(
+                &store,
+                &self.storage_key()?,
+                &self.actor(),
+            )?);
+        };
+        let _lock = FileLock::acquire(&self.home.secrets_dir().join("storage.key.lock"))?;
+        let key = self.storage_key()?;
         if !staged.exists() {
-            return Ok(opened?);
+            return Ok(StoreWriter::open(&store, &key, &self.actor())?);
         }
-        match opened {
+        let io = |path: &PathBuf, action: &'static str, e| krouter_config::Error::Io {
+            path: path.clone(),
+            action,
+            source: e,
+        };
+        match StoreWriter::open(&store, &key, &self.actor()) {
             Ok(writer) => {
-                std::fs::remove_file(&staged).map_err(|e| krouter_config::Error::Io {
-                    path: staged.clone(),
-                    action: "remove a stale new storage key",
-                    source: e,
-                })?;
+                std::fs::remove_file(&staged)
+                    .map_err(|e| io(&staged, "remove a stale new storage key", e))?;
+                sync_dir(&self.home.secrets_dir())?;
                 Ok(writer)
             }
             Err(krouter_config::Error::Store(StoreError::WrongKey { .. })) => {
-                let bytes = read_secret(&staged, 4096)?;
+                let bytes = load::trimmed(read_secret(&staged, 4096)?);
                 let new_key = load::storage_key_from(bytes, Origin::HomeFile(staged.clone()))?;
                 let mut writer = StoreWriter::open(&store, &new_key, &self.actor())?;
-                std::fs::rename(&staged, &key_file).map_err(|e| krouter_config::Error::Io {
-                    path: key_file.clone(),
-                    action: "move the new storage key into place",
-                    source: e,
-                })?;
+                let key_file = self.home.secret_file(SecretName::StorageKey);
+                std::fs::rename(&staged, &key_file)
+                    .map_err(|e| io(&key_file, "move the new storage key into place", e))?;
+                sync_dir(&self.home.secrets_dir())?;
                 writer.transaction(
                     &AuditEntry {
                         action: "store.rekey.finish".to_owned(),

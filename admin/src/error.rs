@@ -72,7 +72,11 @@ impl Error {
             | Self::Files(
                 C::MissingSignature { .. }
                 | C::Audit { .. }
-                | C::Store(StoreError::Envelope { .. }),
+                | C::Store(
+                    StoreError::Envelope { .. }
+                    | StoreError::Damaged { .. }
+                    | StoreError::KeyTampered { .. },
+                ),
             ) => Status::VerifyFailed,
             Self::Usage(_) | Self::SecretArgument { .. } => Status::Usage,
             Self::Policy(_)

@@ -113,6 +113,8 @@ pub enum Outcome {
     StoreVerified {
         /// The schema version.
         schema: i64,
+        /// API key rows whose MAC verified.
+        keys: usize,
         /// Credentials that decrypted.
         credentials: usize,
         /// Audit rows that verified.
@@ -197,10 +199,24 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
-/// Unix seconds as RFC 3339 UTC.
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_RFC3339: i64 = 253_402_300_799;
+
+/// Unix seconds as RFC 3339 UTC; a time outside years 1970-9999 (only a tampered store holds
+/// one) is shown as its raw number instead.
 pub fn time(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
-    humantime::format_rfc3339_seconds(t).to_string()
+    if !(0..=LAST_RFC3339).contains(&secs) {
+        return format!("@{secs}");
+    }
+    let t = UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+    let mut out = String::new();
+    match fmt::write(
+        &mut out,
+        format_args!("{}", humantime::format_rfc3339_seconds(t)),
+    ) {
+        Ok(()) => out,
+        Err(_) => format!("@{secs}"),
+    }
 }
 
 /// Prints a successful outcome on stdout.
@@ -385,10 +401,11 @@ fn human(outcome: &Outcome) -> String {
         }
         Outcome::StoreVerified {
             schema,
+            keys,
             credentials,
             audit_rows,
         } => format!(
-            "store OK: schema {schema}, {credentials} credential(s) decrypt, {audit_rows} audit row(s) verify"
+            "store OK: schema {schema}, {keys} API key(s) intact, {credentials} credential(s) decrypt, {audit_rows} audit row(s) verify"
         ),
         Outcome::Rekeyed {
             credentials,

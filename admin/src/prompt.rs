@@ -28,12 +28,7 @@ pub(crate) fn read_secret(prompt: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
         if bytes.len() > MAX_SECRET {
             return Err(Error::Secret("the value on stdin is larger than 16 KiB"));
         }
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-        }
+        bytes = krouter_config::secret::load::trimmed(bytes);
     }
     if bytes.is_empty() {
         return Err(Error::Secret(

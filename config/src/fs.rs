@@ -92,6 +92,37 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Flushes a directory's entries (a new or renamed file in it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "flush the directory", e))
+}
+
+/// An exclusive advisory lock (`flock`) on `path`, created 0600 if missing, held until the
+/// value is dropped. Blocks while another process holds it.
+pub struct FileLock {
+    /// Held only to keep the lock; closing the file releases it.
+    _file: File,
+}
+
+impl FileLock {
+    /// Waits for and takes the lock.
+    pub fn acquire(path: &Path) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_FILE)
+            .open(path)
+            .map_err(|e| Error::io(path, "open the lock file", e))?;
+        file.lock()
+            .map_err(|e| Error::io(path, "take the lock", e))?;
+        Ok(Self { _file: file })
+    }
+}
+
 /// Replaces `path` with `bytes` atomically: readers see the old file or the new one, never
 /// a partial write.
 pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {

@@ -120,6 +120,24 @@ pub enum StoreError {
         /// Its name or id.
         name: String,
     },
+    /// The store was re-keyed by another command after this one opened it.
+    #[error(
+        "{path}: the store was re-keyed while this command ran; nothing was changed, run it again"
+    )]
+    Rekeyed {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// An API key row does not match its MAC: it was edited outside krouter-admin.
+    #[error(
+        "{path}: API key {id} was edited outside krouter-admin (its row does not match its MAC)"
+    )]
+    KeyTampered {
+        /// The store file.
+        path: PathBuf,
+        /// The key's id as stored.
+        id: String,
+    },
     /// Cryptography failed (the system random generator, most likely).
     #[error("{what}")]
     Crypto {
@@ -133,6 +151,7 @@ pub struct StoreReader {
     conn: Connection,
     path: PathBuf,
     key: DataKey,
+    mac_key: Zeroizing<Vec<u8>>,
 }
 
 /// The admin's handle: the only writer.
@@ -171,16 +190,19 @@ impl StoreReader {
             .map_err(|e| sqlite(path, "set the busy timeout", e))?;
         schema::check_current(&conn, path)?;
         let key = unlock(&conn, path, storage_key)?;
+        let mac_key = load_mac_key(&conn, path, &key)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
             key,
+            mac_key,
         })
     }
 
-    /// Every API key record, revoked and expired included.
+    /// Every API key record, revoked and expired included. A row edited outside
+    /// krouter-admin is an error, never a silently different key.
     pub fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, Error> {
-        keys::list(&self.conn, &self.path)
+        keys::list(&self.conn, &self.path, &self.mac_key)
     }
 
     /// Names, dates and fingerprints of the stored credentials; no values.
@@ -224,7 +246,7 @@ impl StoreWriter {
     }
 
     fn create_inner(path: &Path, storage_key: &StorageKey, actor: &str) -> Result<Self, Error> {
-        let conn = open_rw(path)?;
+        let conn = open_rw(path, Fresh::Allowed)?;
         schema::migrate(&conn, path)?;
         let salt =
             InstallSalt::generate().map_err(|_| crypto("could not generate the install salt"))?;
@@ -267,7 +289,7 @@ impl StoreWriter {
             }
             .into());
         }
-        let conn = open_rw(path)?;
+        let conn = open_rw(path, Fresh::Refused)?;
         schema::check_current(&conn, path)?;
         let key = unlock(&conn, path, storage_key)?;
         let mac_key = load_mac_key(&conn, path, &key)?;
@@ -280,11 +302,38 @@ impl StoreWriter {
         })
     }
 
-    /// Applies pending migrations; returns the (old, new) schema versions.
-    pub fn migrate(path: &Path) -> Result<(i64, i64), Error> {
-        let conn = open_rw(path)?;
+    /// Applies pending migrations to an existing store after checking the storage key, and
+    /// records them in the audit log; returns the (old, new) schema versions. An empty file
+    /// or one that is not a krouter store is refused, not "migrated".
+    pub fn migrate(
+        path: &Path,
+        storage_key: &StorageKey,
+        actor: &str,
+    ) -> Result<(i64, i64), Error> {
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.to_owned(),
+            }
+            .into());
+        }
+        let conn = open_rw(path, Fresh::Refused)?;
         let before = schema::version(&conn, path)?;
+        let key = unlock(&conn, path, storage_key)?;
         schema::migrate(&conn, path)?;
+        let mac_key = load_mac_key(&conn, path, &key)?;
+        let mut writer = Self {
+            conn,
+            path: path.to_owned(),
+            key,
+            mac_key,
+            actor: actor.to_owned(),
+        };
+        let entry = AuditEntry {
+            action: "store.migrate".to_owned(),
+            target: format!("{before} -> {}", schema::KNOWN),
+            outcome: "ok".to_owned(),
+        };
+        writer.transaction(&entry, |_| Ok(()))?;
         Ok((before, schema::KNOWN))
     }
 
@@ -299,6 +348,17 @@ impl StoreWriter {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sqlite(&self.path, "begin a write transaction", e))?;
+        // Another command may have re-keyed the store between our open and this lock; sealing
+        // under the old data key now would make a field no key can open.
+        let stored = meta(&tx, &self.path, "key_check")?;
+        let current = KeyCheckValue::from_bytes(&stored)
+            .map_err(|_| damaged(&self.path, "the key check value is malformed"))?;
+        if !KeyCheckValue::of(&self.key).matches(&current) {
+            return Err(StoreError::Rekeyed {
+                path: self.path.clone(),
+            }
+            .into());
+        }
         let mut wtx = WriteTx {
             tx,
             path: &self.path,
@@ -384,9 +444,9 @@ pub struct ReaderView<'a> {
 }
 
 impl ReaderView<'_> {
-    /// Every API key record.
+    /// Every API key record; a tampered row is an error.
     pub fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, Error> {
-        keys::list(self.conn, self.path)
+        keys::list(self.conn, self.path, self.mac_key)
     }
 
     /// Stored credentials, without values.
@@ -419,13 +479,29 @@ impl WriteTx<'_> {
     }
 }
 
-/// Opens read-write with the pragmas every writer needs.
-fn open_rw(path: &Path) -> Result<Connection, Error> {
+/// Whether `open_rw` may open a file that holds no krouter schema yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// Only `create`: the file was just made empty.
+    Allowed,
+    /// Every other opener: an empty or foreign file is damaged, and is not touched.
+    Refused,
+}
+
+/// Opens read-write with the pragmas every writer needs. Unless `fresh` allows it, a file
+/// without a krouter schema is refused before anything is written to it.
+fn open_rw(path: &Path, fresh: Fresh) -> Result<Connection, Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sqlite(path, "open the store for writing", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| sqlite(path, "set the busy timeout", e))?;
+    if fresh == Fresh::Refused && schema::version(&conn, path)? == 0 {
+        return Err(damaged(
+            path,
+            "the file is empty or not a krouter store; restore a backup",
+        ));
+    }
     let mut persist: std::ffi::c_int = 1;
     conn.file_control(
         Some(rusqlite::MAIN_DB),

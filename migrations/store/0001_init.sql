@@ -15,7 +15,8 @@ CREATE TABLE api_keys (
     key_group   TEXT NOT NULL,
     created_at  INTEGER NOT NULL,            -- unix seconds
     expires_at  INTEGER,
-    revoked_at  INTEGER
+    revoked_at  INTEGER,
+    mac         TEXT NOT NULL                -- HMAC of the row under the audit key: edits are detected
 ) STRICT;
 
 CREATE TABLE credentials (

@@ -42,7 +42,7 @@ pub enum SecretKind {
 
 /// Patterns in the same order as [`KINDS`]; a match at index `i` is `KINDS[i]`.
 const PATTERNS: &[&str] = &[
-    r"(?:^|[^A-Za-z0-9])sk-krouter-[A-Za-z0-9]{16,}",
+    r"(?:^|[^A-Za-z0-9])sk-krouter-[A-Za-z0-9]{4,}",
     r"(?:^|[^A-Za-z0-9])sk-ant-[A-Za-z0-9_-]{16,}",
     r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{20,}",
     r"(?:^|[^A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?:$|[^A-Z0-9])",

@@ -91,6 +91,7 @@ pub(crate) fn list(ctx: &Context<'_>) -> Result<Outcome, Error> {
 }
 
 pub(crate) fn revoke(ctx: &Context<'_>, args: &KeyIdArg) -> Result<Outcome, Error> {
+    key_id(&args.id)?;
     let mut writer = ctx.writer()?;
     let record = writer.transaction(&entry("keys.revoke", &args.id), |tx| {
         tx.revoke_key(&args.id)?;
@@ -102,6 +103,7 @@ pub(crate) fn revoke(ctx: &Context<'_>, args: &KeyIdArg) -> Result<Outcome, Erro
 }
 
 pub(crate) fn rotate(ctx: &Context<'_>, args: &KeysRotateArgs) -> Result<Outcome, Error> {
+    key_id(&args.id)?;
     let grace = duration(&args.grace)?;
     let secret = ctx.api_key_secret()?;
     let mut writer = ctx.writer()?;
@@ -130,7 +132,10 @@ pub(crate) fn rotate(ctx: &Context<'_>, args: &KeysRotateArgs) -> Result<Outcome
             label: old.label.clone(),
             group: old.group,
             created_at: tx.now(),
-            expires_at: None,
+            // The new key gets the old one's lifetime, counted from now.
+            expires_at: old
+                .expires_at
+                .map(|t| tx.now().saturating_add(t.saturating_sub(old.created_at))),
             revoked_at: None,
         };
         tx.insert_key(&record)?;
@@ -155,12 +160,31 @@ pub(crate) fn rotate(ctx: &Context<'_>, args: &KeysRotateArgs) -> Result<Outcome
     })
 }
 
-/// A duration such as `90d`, `24h`, `30m` or `0s`.
+/// Longest key lifetime or grace period: ten years.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// A duration such as `90d`, `24h`, `30m` or `0s`, at most ten years.
 pub(crate) fn duration(text: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(text).map_err(|_| {
+    let d = humantime::parse_duration(text).map_err(|_| {
         Error::Usage(format!(
             "{text:?} is not a duration: use a number and a unit, such as 90d, 24h, 30m or 0s"
         ))
+    })?;
+    if d > MAX_DURATION {
+        return Err(Error::Usage(format!(
+            "{text:?} is longer than ten years; rotate keys more often than that"
+        )));
+    }
+    Ok(d)
+}
+
+/// A key id argument, checked before any lookup (so a pasted key is never echoed back).
+fn key_id(text: &str) -> Result<KeyId, Error> {
+    KeyId::parse(text).map_err(|_| {
+        Error::Usage(
+            "not a key id: ids look like kid_ followed by 12 letters and digits (see `keys list`)"
+                .to_owned(),
+        )
     })
 }
 

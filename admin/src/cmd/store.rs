@@ -18,12 +18,8 @@ use crate::prompt;
 const MAX_KEY_FILE: u64 = 4096;
 
 pub(crate) fn migrate(ctx: &Context<'_>) -> Result<Outcome, Error> {
-    let (from, to) = StoreWriter::migrate(&ctx.home.store_file())?;
-    let mut writer = ctx.writer()?;
-    writer.transaction(
-        &super::entry("store.migrate", &format!("{from} -> {to}")),
-        |_| Ok(()),
-    )?;
+    let key = ctx.storage_key()?;
+    let (from, to) = StoreWriter::migrate(&ctx.home.store_file(), &key, &ctx.actor())?;
     Ok(Outcome::Migrated { from, to })
 }
 
@@ -32,9 +28,11 @@ pub(crate) fn verify(ctx: &Context<'_>) -> Result<Outcome, Error> {
     let writer = ctx.writer()?;
     let view = writer.reader_view();
     let credentials = view.verify_envelopes()?;
+    let keys = view.api_keys()?.len();
     let audit_rows = view.verify_audit()?;
     Ok(Outcome::StoreVerified {
         schema: krouter_config::store::SCHEMA_VERSION,
+        keys,
         credentials,
         audit_rows,
     })
@@ -58,10 +56,7 @@ pub(crate) fn rekey(ctx: &Context<'_>, args: &RekeyArgs) -> Result<Outcome, Erro
             Origin::HomeFile(ctx.home.secret_file(SecretName::StorageKey)),
         )
     } else if let Some(path) = &args.new_key_file {
-        let mut bytes = fs::read_secret(path, MAX_KEY_FILE)?;
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-        }
+        let bytes = load::trimmed(fs::read_secret(path, MAX_KEY_FILE)?);
         (bytes, Origin::VariableFile(path.clone()))
     } else {
         let bytes = prompt::read_secret("new storage key: ")?;
@@ -79,9 +74,14 @@ pub(crate) fn rekey(ctx: &Context<'_>, args: &RekeyArgs) -> Result<Outcome, Erro
     let staged = key_file
         .as_ref()
         .map(|p| PathBuf::from(format!("{}.new", p.display())));
+    // Held until the new key is in place: other commands wait instead of mistaking our staged
+    // key for the leftover of a dead rekey. `writer()` above already finished or cleared any
+    // such leftover; a rekey that slipped in since then makes our commit fail (the
+    // transaction re-checks the key) and changes nothing.
+    let _lock = fs::FileLock::acquire(&ctx.home.secrets_dir().join("storage.key.lock"))?;
     if let Some(staged) = &staged {
-        // `writer()` above already finished or cleared any earlier interrupted rekey.
         fs::write_new(staged, &bytes, PRIVATE_FILE)?;
+        fs::sync_dir(&ctx.home.secrets_dir())?;
     }
     let count = match writer.rekey(&new_key, &super::entry("store.rekey", "storage key")) {
         Ok(count) => count,
@@ -98,6 +98,7 @@ pub(crate) fn rekey(ctx: &Context<'_>, args: &RekeyArgs) -> Result<Outcome, Erro
             action: "move the new storage key into place (it is in storage.key.new)",
             source: e,
         })?;
+        fs::sync_dir(&ctx.home.secrets_dir())?;
     }
     Ok(Outcome::Rekeyed {
         credentials: count,

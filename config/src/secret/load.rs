@@ -152,8 +152,10 @@ fn load(
     Ok(bytes)
 }
 
-/// A file's bytes without one trailing newline (editors and `echo` add one).
-fn trimmed(mut bytes: Zeroizing<Vec<u8>>) -> Zeroizing<Vec<u8>> {
+/// A secret's bytes without one trailing newline, LF or CRLF (editors and `echo` add one).
+/// Every place that reads a secret from a file or stdin uses this, so a key reads the same
+/// wherever it comes from.
+pub fn trimmed(mut bytes: Zeroizing<Vec<u8>>) -> Zeroizing<Vec<u8>> {
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {

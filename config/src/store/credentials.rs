@@ -68,8 +68,14 @@ impl CredentialKind {
     }
 }
 
-fn aad(name: &str) -> Aad<'_> {
-    Aad::new("credentials", "value", name)
+/// The row identity a credential's ciphertext is bound to: its name and its kind, so that
+/// neither can be changed without the value failing to decrypt.
+fn row_id(name: &str, kind: &str) -> String {
+    format!("{name}\u{0}{kind}")
+}
+
+fn aad(row: &str) -> Aad<'_> {
+    Aad::new("credentials", "value", row)
 }
 
 /// `fp_` + 12 hex digits of HMAC-SHA256(audit key, domain ‖ value): not reversible, and
@@ -128,27 +134,33 @@ pub(crate) fn get(
     key: &DataKey,
     name: &str,
 ) -> Result<ProviderCredential, Error> {
-    let sealed: Option<String> = conn
+    let found: Option<(String, String)> = conn
         .query_row(
-            "SELECT value FROM credentials WHERE name = ?1",
+            "SELECT kind, value FROM credentials WHERE name = ?1",
             params![name],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .map_err(|e| sqlite(path, "read the credential", e))?;
-    let Some(sealed) = sealed else {
+    let Some((kind, sealed)) = found else {
         return Err(StoreError::NotFound {
             what: "credential",
             name: name.to_owned(),
         }
         .into());
     };
-    let plain = open(path, key, name, &sealed)?;
+    let plain = open(path, key, name, &kind, &sealed)?;
     Ok(ProviderCredential::from_checked(plain))
 }
 
-fn open(path: &Path, key: &DataKey, name: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    envelope::open(key, &aad(name), sealed).map_err(|_| {
+fn open(
+    path: &Path,
+    key: &DataKey,
+    name: &str,
+    kind: &str,
+    sealed: &str,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    envelope::open(key, &aad(&row_id(name, kind)), sealed).map_err(|_| {
         StoreError::Envelope {
             path: path.to_owned(),
             table: "credentials",
@@ -159,12 +171,13 @@ fn open(path: &Path, key: &DataKey, name: &str, sealed: &str) -> Result<Zeroizin
     })
 }
 
-fn names_and_values(conn: &Connection, path: &Path) -> Result<Vec<(String, String)>, Error> {
+/// `(name, kind, sealed value)` of every credential.
+fn sealed_rows(conn: &Connection, path: &Path) -> Result<Vec<(String, String, String)>, Error> {
     let mut stmt = conn
-        .prepare("SELECT name, value FROM credentials ORDER BY name")
+        .prepare("SELECT name, kind, value FROM credentials ORDER BY name")
         .map_err(|e| sqlite(path, "read the credentials", e))?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .map_err(|e| sqlite(path, "read the credentials", e))?;
     rows.collect::<Result<_, _>>()
         .map_err(|e| sqlite(path, "read the credentials", e))
@@ -172,19 +185,25 @@ fn names_and_values(conn: &Connection, path: &Path) -> Result<Vec<(String, Strin
 
 /// Decrypts every credential once; returns how many.
 pub(crate) fn verify_all(conn: &Connection, path: &Path, key: &DataKey) -> Result<usize, Error> {
-    let rows = names_and_values(conn, path)?;
-    for (name, sealed) in &rows {
-        open(path, key, name, sealed)?;
+    let rows = sealed_rows(conn, path)?;
+    for (name, kind, sealed) in &rows {
+        if CredentialKind::parse(kind).is_none() {
+            return Err(crate::store::damaged(
+                path,
+                &format!("credential {name} has an unknown kind"),
+            ));
+        }
+        open(path, key, name, kind, sealed)?;
     }
     Ok(rows.len())
 }
 
 /// Re-seals every credential under `next`; returns how many.
 pub(crate) fn reseal_all(tx: &mut WriteTx<'_>, next: &DataKey) -> Result<usize, Error> {
-    let rows = names_and_values(&tx.tx, tx.path)?;
-    for (name, sealed) in &rows {
-        let plain = open(tx.path, tx.key, name, sealed)?;
-        let resealed = envelope::seal(next, &aad(name), &plain)
+    let rows = sealed_rows(&tx.tx, tx.path)?;
+    for (name, kind, sealed) in &rows {
+        let plain = open(tx.path, tx.key, name, kind, sealed)?;
+        let resealed = envelope::seal(next, &aad(&row_id(name, kind)), &plain)
             .map_err(|_| crate::store::crypto("could not re-encrypt a credential"))?;
         tx.tx
             .execute(
@@ -204,7 +223,7 @@ impl WriteTx<'_> {
         kind: CredentialKind,
         value: &[u8],
     ) -> Result<String, Error> {
-        let sealed = envelope::seal(self.key, &aad(name), value)
+        let sealed = envelope::seal(self.key, &aad(&row_id(name, kind.as_str())), value)
             .map_err(|_| crate::store::crypto("could not encrypt the credential"))?;
         let fp = fingerprint(self.mac_key, value);
         self.tx

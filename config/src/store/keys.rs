@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use ring::hmac;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::apikey::{KeyDigest, KeyId};
@@ -35,10 +36,41 @@ impl ApiKeyRecord {
     }
 }
 
-pub(crate) fn list(conn: &Connection, path: &Path) -> Result<Vec<ApiKeyRecord>, Error> {
+/// The row's MAC under the store's audit key: every field, length-prefixed.
+fn row_mac(mac_key: &[u8], r: &ApiKeyRecord) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, mac_key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(b"krouter-api-key-row-v1\0");
+    let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |t| t.to_string());
+    for field in [
+        r.id.as_str().to_owned(),
+        r.digest.to_hex(),
+        r.label.clone(),
+        r.group.clone(),
+        r.created_at.to_string(),
+        opt(r.expires_at),
+        opt(r.revoked_at),
+    ] {
+        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+        ctx.update(&len.to_be_bytes());
+        ctx.update(field.as_bytes());
+    }
+    ctx.sign()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every key record, each checked against its MAC.
+pub(crate) fn list(
+    conn: &Connection,
+    path: &Path,
+    mac_key: &[u8],
+) -> Result<Vec<ApiKeyRecord>, Error> {
     let mut stmt = conn
         .prepare(
-            "SELECT id, digest, label, key_group, created_at, expires_at, revoked_at
+            "SELECT id, digest, label, key_group, created_at, expires_at, revoked_at, mac
              FROM api_keys ORDER BY created_at, id",
         )
         .map_err(|e| sqlite(path, "read the API keys", e))?;
@@ -52,23 +84,35 @@ pub(crate) fn list(conn: &Connection, path: &Path) -> Result<Vec<ApiKeyRecord>, 
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get::<_, String>(7)?,
             ))
         })
         .map_err(|e| sqlite(path, "read the API keys", e))?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, digest, label, group, created_at, expires_at, revoked_at) =
+        let (id, digest, label, group, created_at, expires_at, revoked_at, mac) =
             row.map_err(|e| sqlite(path, "read the API keys", e))?;
-        out.push(ApiKeyRecord {
-            id: KeyId::parse(&id).map_err(|_| damaged(path, "an API key id is malformed"))?,
-            digest: KeyDigest::from_hex(&digest)
-                .map_err(|_| damaged(path, "an API key digest is malformed"))?,
+        let tampered = || StoreError::KeyTampered {
+            path: path.to_owned(),
+            id: id.clone(),
+        };
+        let record = ApiKeyRecord {
+            id: KeyId::parse(&id).map_err(|_| tampered())?,
+            digest: KeyDigest::from_hex(&digest).map_err(|_| tampered())?,
             label,
             group,
             created_at,
             expires_at,
             revoked_at,
-        });
+        };
+        let expected = row_mac(mac_key, &record);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            mac.as_bytes(),
+        )) {
+            return Err(tampered().into());
+        }
+        out.push(record);
     }
     Ok(out)
 }
@@ -78,8 +122,8 @@ impl WriteTx<'_> {
     pub fn insert_key(&mut self, record: &ApiKeyRecord) -> Result<(), Error> {
         self.tx
             .execute(
-                "INSERT INTO api_keys (id, digest, label, key_group, created_at, expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO api_keys (id, digest, label, key_group, created_at, expires_at, revoked_at, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     record.id.as_str(),
                     record.digest.to_hex(),
@@ -87,7 +131,8 @@ impl WriteTx<'_> {
                     record.group,
                     record.created_at,
                     record.expires_at,
-                    record.revoked_at
+                    record.revoked_at,
+                    row_mac(self.mac_key, record)
                 ],
             )
             .map_err(|e| sqlite(self.path, "store the API key", e))?;
@@ -110,7 +155,7 @@ impl WriteTx<'_> {
             }
             .into());
         };
-        list(&self.tx, self.path)?
+        list(&self.tx, self.path, self.mac_key)?
             .into_iter()
             .find(|r| r.id.as_str() == found)
             .ok_or_else(|| damaged(self.path, "an API key vanished inside a transaction"))
@@ -118,25 +163,30 @@ impl WriteTx<'_> {
 
     /// Marks key `id` revoked now. Revoking twice keeps the first time.
     pub fn revoke_key(&mut self, id: &str) -> Result<(), Error> {
-        self.key(id)?;
-        self.tx
-            .execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                params![id, self.now],
-            )
-            .map_err(|e| sqlite(self.path, "revoke the API key", e))?;
-        Ok(())
+        let mut record = self.key(id)?;
+        record.revoked_at = record.revoked_at.or(Some(self.now));
+        self.rewrite_key(&record)
     }
 
     /// Sets key `id` to expire at `at` (unix seconds), unless it already expires sooner.
     pub fn expire_key(&mut self, id: &str, at: i64) -> Result<(), Error> {
-        self.key(id)?;
+        let mut record = self.key(id)?;
+        record.expires_at = Some(record.expires_at.map_or(at, |t| t.min(at)));
+        self.rewrite_key(&record)
+    }
+
+    fn rewrite_key(&mut self, record: &ApiKeyRecord) -> Result<(), Error> {
         self.tx
             .execute(
-                "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?2), ?2) WHERE id = ?1",
-                params![id, at],
+                "UPDATE api_keys SET expires_at = ?2, revoked_at = ?3, mac = ?4 WHERE id = ?1",
+                params![
+                    record.id.as_str(),
+                    record.expires_at,
+                    record.revoked_at,
+                    row_mac(self.mac_key, record)
+                ],
             )
-            .map_err(|e| sqlite(self.path, "set the API key's expiry", e))?;
+            .map_err(|e| sqlite(self.path, "update the API key", e))?;
         Ok(())
     }
 }

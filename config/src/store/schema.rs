@@ -23,6 +23,12 @@ pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64, Error> {
 /// Refuses a store whose schema is not exactly the one this build knows.
 pub(crate) fn check_current(conn: &Connection, path: &Path) -> Result<(), Error> {
     let found = version(conn, path)?;
+    if found == 0 {
+        return Err(crate::store::damaged(
+            path,
+            "the file is empty or not a krouter store; restore a backup",
+        ));
+    }
     if found != KNOWN {
         return Err(StoreError::Schema {
             path: path.to_owned(),
@@ -76,7 +82,10 @@ mod tests {
     fn a_newer_or_older_schema_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
         let path = Path::new("mem");
-        assert!(check_current(&conn, path).is_err());
+        assert!(matches!(
+            check_current(&conn, path),
+            Err(Error::Store(StoreError::Damaged { .. }))
+        ));
         migrate(&conn, path).unwrap();
         check_current(&conn, path).unwrap();
         migrate(&conn, path).unwrap();

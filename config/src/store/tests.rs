@@ -405,3 +405,64 @@ fn a_reader_without_write_permission_reads_while_the_writer_commits() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ready"));
 }
+
+#[test]
+fn a_writer_opened_before_a_rekey_cannot_seal_under_the_old_key() {
+    let (_dir, path, mut first) = new_store();
+    let mut second = StoreWriter::open(&path, &storage_key(1), "other").unwrap();
+    second
+        .rekey(&storage_key(5), &entry("store.rekey", ""))
+        .unwrap();
+    let err = first
+        .transaction(&entry("credentials.set", "late"), |tx| {
+            tx.set_credential("late", CredentialKind::Generic, b"v")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Store(StoreError::Rekeyed { .. })),
+        "{err}"
+    );
+    drop(second);
+    let r = StoreReader::open(&path, &storage_key(5)).unwrap();
+    assert!(r.credentials().unwrap().is_empty());
+}
+
+#[test]
+fn edited_key_rows_and_credential_kinds_are_detected() {
+    let (_dir, path, mut w) = new_store();
+    let secret = ApiKeySecret::from_checked(Zeroizing::new(vec![7u8; 32]));
+    let record = ApiKeyRecord {
+        id: KeyId::generate().unwrap(),
+        digest: KeyDigest::of(&secret, &ApiKey::generate().unwrap()),
+        label: "ci".to_owned(),
+        group: "default".to_owned(),
+        created_at: 1,
+        expires_at: None,
+        revoked_at: None,
+    };
+    let id = record.id.as_str().to_owned();
+    w.transaction(&entry("keys.create", &id), |tx| tx.insert_key(&record))
+        .unwrap();
+    w.transaction(&entry("keys.revoke", &id), |tx| tx.revoke_key(&id))
+        .unwrap();
+    w.transaction(&entry("credentials.set", "c"), |tx| {
+        tx.set_credential("c", CredentialKind::OpenAi, b"v")
+    })
+    .unwrap();
+    let conn = raw(&path);
+    conn.execute("UPDATE api_keys SET revoked_at = NULL", [])
+        .unwrap();
+    conn.execute("UPDATE credentials SET kind = 'anthropic'", [])
+        .unwrap();
+    drop(conn);
+    let r = StoreReader::open(&path, &storage_key(1)).unwrap();
+    let err = r.api_keys().unwrap_err();
+    assert!(
+        matches!(err, Error::Store(StoreError::KeyTampered { .. })),
+        "{err}"
+    );
+    assert!(matches!(
+        r.credential("c"),
+        Err(Error::Store(StoreError::Envelope { .. }))
+    ));
+}
