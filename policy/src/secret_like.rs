@@ -108,21 +108,39 @@ fn patterns() -> Option<&'static RegexSet> {
 fn high_entropy(text: &str) -> bool {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)))
         .any(|run| {
-            let bytes = run.as_bytes();
-            let hex = bytes.iter().all(u8::is_ascii_hexdigit);
-            if hex {
-                bytes.len() >= MIN_HEX_RUN
-                    && bytes.iter().any(u8::is_ascii_digit)
-                    && bytes.iter().any(u8::is_ascii_alphabetic)
-                    && entropy(bytes) >= HEX_BITS
+            // `/` belongs to base64, but also to paths: a run with a plain-word segment such as
+            // `home` or `secrets` is a path, and its segments are judged one by one.
+            let is_path = run.contains('/')
+                && run.split('/').any(|seg| {
+                    seg.len() >= 3
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
+                });
+            if is_path {
+                run.split('/').any(random_run)
             } else {
-                bytes.len() >= MIN_ENTROPY_RUN
-                    && bytes.iter().any(u8::is_ascii_digit)
-                    && bytes.iter().any(u8::is_ascii_lowercase)
-                    && bytes.iter().any(u8::is_ascii_uppercase)
-                    && entropy(bytes) >= ALNUM_BITS
+                random_run(run)
             }
         })
+}
+
+/// Whether one run looks generated: long hex with entropy, or long mixed-case alphanumerics.
+fn random_run(run: &str) -> bool {
+    let bytes = run.as_bytes();
+    let hex = bytes.iter().all(u8::is_ascii_hexdigit);
+    if hex {
+        bytes.len() >= MIN_HEX_RUN
+            && bytes.iter().any(u8::is_ascii_digit)
+            && bytes.iter().any(u8::is_ascii_alphabetic)
+            && entropy(bytes) >= HEX_BITS
+    } else {
+        bytes.len() >= MIN_ENTROPY_RUN
+            && bytes.iter().any(u8::is_ascii_digit)
+            && bytes.iter().any(u8::is_ascii_lowercase)
+            && bytes.iter().any(u8::is_ascii_uppercase)
+            && entropy(bytes) >= ALNUM_BITS
+    }
 }
 
 /// Shannon entropy in bits per byte.
@@ -242,6 +260,8 @@ mod tests {
             "fd00::/8",
             "https://app.example.com",
             "task-scheduler",
+            "/tmp/.tmpZx9Qw2/home/secrets/policy-signing.key",
+            "/var/lib/krouter/tmpAbC123xYz789QwErTy00/home/db/store.sqlite",
             "desk-assistant-model",
             "",
         ] {

@@ -12,5 +12,6 @@
 mod e2e {
     mod conventions;
     mod policy_cli;
+    mod proxy_check;
     mod store_cli;
 }
