@@ -9,7 +9,7 @@ use krouter_config::policy_files::{read_signed, read_trusted_dir};
 use krouter_config::secret::load::{self, Origin, Source, Vars};
 use krouter_config::secret::{ApiKeySecret, SecretName, StorageKey};
 use krouter_config::store::{AuditEntry, StoreError, StoreWriter};
-use krouter_policy::{CredentialNames, Policy, PolicyFiles};
+use krouter_policy::{CredentialNames, Policy};
 
 use crate::error::Error;
 
@@ -138,12 +138,7 @@ impl<'a> Context<'a> {
         let trusted = read_trusted_dir(&self.home.trusted_dir()).map_err(Error::Trust)?;
         let files = read_signed(&self.home.policy_file(), None)?;
         Ok(krouter_policy::load(
-            PolicyFiles {
-                name: &files.name,
-                bytes: &files.bytes,
-                sig_name: &files.sig_name,
-                sig: &files.sig,
-            },
+            files.as_files(),
             &trusted,
             None,
             credentials,

@@ -303,13 +303,6 @@ fn human(outcome: &Outcome) -> String {
             supplied,
             signing_key_id,
         } => {
-            let list = |items: &[String]| {
-                if items.is_empty() {
-                    "(none)".to_owned()
-                } else {
-                    items.join(", ")
-                }
-            };
             format!(
                 "initialized krouter home {}\n  secrets generated  {}\n  secrets supplied   {}\n  signing key        {signing_key_id}\n  policy             policy/policy.toml (signed; edit, then `krouter-admin policy sign`)\n  next               krouter-admin keys create --label NAME",
                 home.display(),
@@ -467,14 +460,16 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out.join("\n")
 }
 
+/// Items joined with commas, or `(none)`.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn policy_table(summary: &Summary) -> String {
-    let list = |items: &[String]| {
-        if items.is_empty() {
-            "(none)".to_owned()
-        } else {
-            items.join(", ")
-        }
-    };
     format!(
         "  sha256     {}\n  api keys   {}\n  providers  {}\n  routes     {}\n  groups     {}",
         summary.sha256,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use krouter_policy::{MAX_POLICY_BYTES, TrustedKeys};
+use krouter_policy::{MAX_POLICY_BYTES, PolicyFiles, TrustedKeys};
 
 use crate::error::Error;
 use crate::fs::read_limited;
@@ -23,6 +23,18 @@ pub struct SignedPolicyFiles {
     pub sig_name: String,
     /// The signature file's bytes.
     pub sig: Vec<u8>,
+}
+
+impl SignedPolicyFiles {
+    /// The files as the policy crate's loader takes them.
+    pub fn as_files(&self) -> PolicyFiles<'_> {
+        PolicyFiles {
+            name: &self.name,
+            bytes: &self.bytes,
+            sig_name: &self.sig_name,
+            sig: &self.sig,
+        }
+    }
 }
 
 /// Where the detached signature of `policy` lives: the same path with `.sig` appended.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use crate::error::Error;
 use crate::fs::{PRIVATE_FILE, write_new};
-use crate::store::{StoreError, damaged, sqlite};
+use crate::store::{damaged, sqlite};
 
 /// `(version, SQL)` in order.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/state/0001_init.sql"))];
@@ -37,28 +37,7 @@ impl StateDb {
             .map_err(|e| sqlite(path, "set the busy timeout", e))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(|e| sqlite(path, "set the state database's pragmas", e))?;
-        let found: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sqlite(path, "read the schema version", e))?;
-        if found > KNOWN {
-            return Err(StoreError::Schema {
-                path: path.to_owned(),
-                found,
-                known: KNOWN,
-            }
-            .into());
-        }
-        for (number, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > found) {
-            let tx = conn
-                .unchecked_transaction()
-                .map_err(|e| sqlite(path, "begin a migration", e))?;
-            tx.execute_batch(sql)
-                .map_err(|e| sqlite(path, "apply a migration", e))?;
-            tx.pragma_update(None, "user_version", number)
-                .map_err(|e| sqlite(path, "record the schema version", e))?;
-            tx.commit()
-                .map_err(|e| sqlite(path, "commit a migration", e))?;
-        }
+        crate::store::schema::apply(&conn, path, MIGRATIONS, KNOWN)?;
         Ok(Self {
             conn,
             path: path.to_owned(),

@@ -28,7 +28,7 @@ pub mod credentials;
 pub mod envelope;
 pub mod kdf;
 pub mod keys;
-mod schema;
+pub(crate) mod schema;
 
 pub use audit::{AuditEntry, AuditRecord};
 pub use credentials::{CredentialInfo, CredentialKind};

@@ -13,7 +13,7 @@ use krouter_config::secret::load::{self, Origin, Vars};
 use krouter_config::settings::Settings;
 use krouter_config::state::StateDb;
 use krouter_config::store::StoreReader;
-use krouter_policy::{AcceptedPolicy, Policy, PolicyFiles};
+use krouter_policy::{AcceptedPolicy, Policy};
 
 use crate::error::Error;
 
@@ -57,12 +57,7 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
     let files = read_signed(&home.policy_file(), None)?;
     let previously_accepted = StateDb::read_accepted(&home.state_file())?;
     let policy = krouter_policy::load(
-        PolicyFiles {
-            name: &files.name,
-            bytes: &files.bytes,
-            sig_name: &files.sig_name,
-            sig: &files.sig,
-        },
+        files.as_files(),
         &trusted,
         previously_accepted.as_ref(),
         &credentials,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use krouter_config::fs::{self, PRIVATE_FILE, PUBLIC_FILE};
 use krouter_config::policy_files::{read_policy, read_signed, read_trusted_dir, signature_path};
-use krouter_policy::{PolicyFiles, SigningKey, SkipCredentialCheck};
+use krouter_policy::{SigningKey, SkipCredentialCheck};
 
 use crate::cli::{CheckArgs, KeygenArgs, SignArgs, VerifyArgs};
 use crate::error::Error;
@@ -63,17 +63,7 @@ pub(crate) fn sign(args: &SignArgs) -> Result<Outcome, Error> {
 pub(crate) fn verify(args: &VerifyArgs) -> Result<Outcome, Error> {
     let trusted = read_trusted_dir(&args.trusted).map_err(Error::Trust)?;
     let files = read_signed(&args.policy, args.sig.as_deref())?;
-    let policy = krouter_policy::load(
-        PolicyFiles {
-            name: &files.name,
-            bytes: &files.bytes,
-            sig_name: &files.sig_name,
-            sig: &files.sig,
-        },
-        &trusted,
-        None,
-        &SkipCredentialCheck,
-    )?;
+    let policy = krouter_policy::load(files.as_files(), &trusted, None, &SkipCredentialCheck)?;
     Ok(Outcome::Verified {
         summary: policy.summary(),
     })

@@ -40,19 +40,30 @@ pub(crate) fn check_current(conn: &Connection, path: &Path) -> Result<(), Error>
     Ok(())
 }
 
-/// Applies every migration newer than the file's version. A file newer than this build is
-/// refused rather than touched.
+/// Applies every store migration newer than the file's version. A file newer than this
+/// build is refused rather than touched.
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), Error> {
+    apply(conn, path, MIGRATIONS, KNOWN)
+}
+
+/// Applies `migrations` (`(version, SQL)`, in order) newer than the file's version, each in
+/// its own transaction; shared by the store and the state database.
+pub(crate) fn apply(
+    conn: &Connection,
+    path: &Path,
+    migrations: &[(i64, &str)],
+    known: i64,
+) -> Result<(), Error> {
     let found = version(conn, path)?;
-    if found > KNOWN {
+    if found > known {
         return Err(StoreError::Schema {
             path: path.to_owned(),
             found,
-            known: KNOWN,
+            known,
         }
         .into());
     }
-    for (number, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > found) {
+    for (number, sql) in migrations.iter().filter(|(n, _)| *n > found) {
         let tx = conn
             .unchecked_transaction()
             .map_err(|e| sqlite(path, "begin a migration", e))?;
