@@ -28,6 +28,7 @@ pub mod credentials;
 pub mod envelope;
 pub mod kdf;
 pub mod keys;
+mod mac;
 pub(crate) mod schema;
 
 pub use audit::{AuditEntry, AuditRecord};
@@ -177,12 +178,7 @@ pub struct WriteTx<'c> {
 impl StoreReader {
     /// Opens `path` read-only, checks the schema and the storage key.
     pub fn open(path: &Path, storage_key: &StorageKey) -> Result<Self, Error> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_owned(),
-            }
-            .into());
-        }
+        require_exists(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| sqlite(path, "open the store read-only", e))?;
@@ -283,12 +279,7 @@ impl StoreWriter {
 
     /// Opens an existing store for writing; checks the schema and the storage key.
     pub fn open(path: &Path, storage_key: &StorageKey, actor: &str) -> Result<Self, Error> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_owned(),
-            }
-            .into());
-        }
+        require_exists(path)?;
         let conn = open_rw(path, Fresh::Refused)?;
         schema::check_current(&conn, path)?;
         let key = unlock(&conn, path, storage_key)?;
@@ -310,12 +301,7 @@ impl StoreWriter {
         storage_key: &StorageKey,
         actor: &str,
     ) -> Result<(i64, i64), Error> {
-        if !path.exists() {
-            return Err(StoreError::Missing {
-                path: path.to_owned(),
-            }
-            .into());
-        }
+        require_exists(path)?;
         let conn = open_rw(path, Fresh::Refused)?;
         let before = schema::version(&conn, path)?;
         let key = unlock(&conn, path, storage_key)?;
@@ -479,6 +465,18 @@ impl WriteTx<'_> {
     }
 }
 
+/// Refuses a store path with no file behind it, before SQLite would create one.
+fn require_exists(path: &Path) -> Result<(), Error> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(StoreError::Missing {
+            path: path.to_owned(),
+        }
+        .into())
+    }
+}
+
 /// Whether `open_rw` may open a file that holds no krouter schema yet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fresh {
@@ -589,7 +587,7 @@ fn random_key() -> Result<Zeroizing<Vec<u8>>, Error> {
 }
 
 /// Unix seconds now.
-pub(crate) fn now() -> i64 {
+pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -36,3 +36,4 @@ pub use model::{
 pub use signature::{
     KeyId, PolicySignature, SIGNATURE_CONTEXT, SigningKey, SigningKeyFile, TrustedKey, TrustedKeys,
 };
+pub use validate::{MAX_NAME, is_valid_name};

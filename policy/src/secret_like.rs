@@ -143,8 +143,9 @@ fn random_run(run: &str) -> bool {
     }
 }
 
-/// Shannon entropy in bits per byte.
-fn entropy(bytes: &[u8]) -> f64 {
+/// Shannon entropy of `bytes` in bits per byte, estimated from their own frequencies. Shared
+/// with the secret strength checks in `krouter-config`.
+pub fn entropy(bytes: &[u8]) -> f64 {
     let mut counts = [0u32; 256];
     for &b in bytes {
         if let Some(c) = counts.get_mut(usize::from(b)) {

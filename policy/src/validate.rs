@@ -20,7 +20,7 @@ mod routes;
 mod tuning;
 
 /// Longest name of a provider, group or credential.
-const MAX_NAME: usize = 64;
+pub const MAX_NAME: usize = 64;
 /// Longest model name, client-facing or upstream.
 const MAX_MODEL: usize = 256;
 
@@ -45,6 +45,20 @@ struct Bounds {
     min: i64,
     max: i64,
     default: i64,
+}
+
+/// Whether `text` is a valid provider, group or credential name: 1-64 ASCII letters,
+/// digits, `.`, `_` or `-`, starting with a letter or digit. The admin checks credential
+/// names with the same rule, so a stored name can always be referred to.
+pub fn is_valid_name(text: &str) -> bool {
+    text.len() <= MAX_NAME
+        && text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Turns the parsed tree into a policy, or lists every problem with it.
@@ -218,15 +232,7 @@ impl Checker<'_> {
     /// A name: 1–64 characters of ASCII letters, digits, `.`, `_`, `-`, starting alphanumeric.
     fn name(&mut self, value: &Spanned<String>, path: &str) -> Option<String> {
         let text = value.get_ref();
-        let ok = text.len() <= MAX_NAME
-            && text
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
+        if is_valid_name(text) {
             Some(text.clone())
         } else {
             let line = self.line(value);

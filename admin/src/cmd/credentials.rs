@@ -9,9 +9,6 @@ use crate::error::Error;
 use crate::output::{CredentialRow, Outcome, time};
 use crate::prompt;
 
-/// Longest credential name (the policy's name rule).
-const MAX_NAME: usize = 64;
-
 pub(crate) fn set(ctx: &Context<'_>, args: &CredentialSetArgs) -> Result<Outcome, Error> {
     check_name(&args.name)?;
     let kind = match args.kind {
@@ -61,19 +58,12 @@ pub(crate) fn remove(ctx: &Context<'_>, args: &CredentialNameArg) -> Result<Outc
 
 /// The policy's name rule: 1-64 letters, digits, `.`, `_`, `-`, starting alphanumeric.
 fn check_name(name: &str) -> Result<(), Error> {
-    let ok = name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if krouter_policy::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::Usage(format!(
-            "a credential name is 1-{MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit"
+            "a credential name is 1-{} letters, digits, '.', '_' or '-', starting with a letter or digit",
+            krouter_policy::MAX_NAME
         )))
     }
 }

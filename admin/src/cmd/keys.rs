@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use krouter_config::apikey::{ApiKey, KeyDigest, KeyId};
 use krouter_config::fs::{self, PRIVATE_FILE};
-use krouter_config::store::ApiKeyRecord;
+use krouter_config::store::{ApiKeyRecord, now};
 
 use super::entry;
 
@@ -54,22 +54,10 @@ pub(crate) fn create(ctx: &Context<'_>, args: &KeysCreateArgs) -> Result<Outcome
         expires_at: lifetime.map(|d| now.saturating_add(secs(d))),
         revoked_at: None,
     };
-    // The file is written before the commit and removed if the commit fails, so a stored
-    // key always has its one copy.
-    if let Some(out) = &args.out {
-        fs::write_new(
-            out,
-            format!("{}\n", key.expose_secret()).as_bytes(),
-            PRIVATE_FILE,
-        )?;
-    }
     let entry = entry("keys.create", id.as_str());
-    if let Err(e) = writer.transaction(&entry, |tx| tx.insert_key(&record)) {
-        if let Some(out) = &args.out {
-            let _removed = std::fs::remove_file(out);
-        }
-        return Err(e.into());
-    }
+    with_out_file(args.out.as_deref(), &key, || {
+        writer.transaction(&entry, |tx| tx.insert_key(&record))
+    })?;
     Ok(Outcome::ApiKeyCreated {
         key: row(&record, now),
         secret: args.out.is_none().then(|| ShownOnce(key)),
@@ -109,48 +97,34 @@ pub(crate) fn rotate(ctx: &Context<'_>, args: &KeysRotateArgs) -> Result<Outcome
     let mut writer = ctx.writer()?;
     let key = ApiKey::generate().map_err(Error::Generate)?;
     let id = KeyId::generate().map_err(Error::Generate)?;
-    if let Some(out) = &args.out {
-        fs::write_new(
-            out,
-            format!("{}\n", key.expose_secret()).as_bytes(),
-            PRIVATE_FILE,
-        )?;
-    }
     let target = format!("{} -> {}", args.id, id);
-    let result = writer.transaction(&entry("keys.rotate", &target), |tx| {
-        let old = tx.key(&args.id)?;
-        if !old.is_active(tx.now()) {
-            return Err(krouter_config::store::StoreError::NotFound {
-                what: "active API key",
-                name: args.id.clone(),
+    let (record, old) = with_out_file(args.out.as_deref(), &key, || {
+        writer.transaction(&entry("keys.rotate", &target), |tx| {
+            let old = tx.key(&args.id)?;
+            if !old.is_active(tx.now()) {
+                return Err(krouter_config::store::StoreError::NotFound {
+                    what: "active API key",
+                    name: args.id.clone(),
+                }
+                .into());
             }
-            .into());
-        }
-        let record = ApiKeyRecord {
-            id: id.clone(),
-            digest: KeyDigest::of(&secret, &key),
-            label: old.label.clone(),
-            group: old.group,
-            created_at: tx.now(),
-            // The new key gets the old one's lifetime, counted from now.
-            expires_at: old
-                .expires_at
-                .map(|t| tx.now().saturating_add(t.saturating_sub(old.created_at))),
-            revoked_at: None,
-        };
-        tx.insert_key(&record)?;
-        tx.expire_key(&args.id, tx.now().saturating_add(secs(grace)))?;
-        Ok((record, tx.key(&args.id)?))
-    });
-    let (record, old) = match result {
-        Ok(pair) => pair,
-        Err(e) => {
-            if let Some(out) = &args.out {
-                let _removed = std::fs::remove_file(out);
-            }
-            return Err(e.into());
-        }
-    };
+            let record = ApiKeyRecord {
+                id: id.clone(),
+                digest: KeyDigest::of(&secret, &key),
+                label: old.label.clone(),
+                group: old.group,
+                created_at: tx.now(),
+                // The new key gets the old one's lifetime, counted from now.
+                expires_at: old
+                    .expires_at
+                    .map(|t| tx.now().saturating_add(t.saturating_sub(old.created_at))),
+                revoked_at: None,
+            };
+            tx.insert_key(&record)?;
+            tx.expire_key(&args.id, tx.now().saturating_add(secs(grace)))?;
+            Ok((record, tx.key(&args.id)?))
+        })
+    })?;
     let now = now();
     Ok(Outcome::ApiKeyCreated {
         key: row(&record, now),
@@ -205,10 +179,27 @@ fn check_label(label: &str) -> Result<(), Error> {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// Runs `commit` with the key written to `out` (a new 0600 file) first, removing the file
+/// if the commit fails: a stored key always has its one copy, and a failed command leaves
+/// no orphan file behind.
+fn with_out_file<T>(
+    out: Option<&std::path::Path>,
+    key: &ApiKey,
+    commit: impl FnOnce() -> Result<T, krouter_config::Error>,
+) -> Result<T, Error> {
+    if let Some(out) = out {
+        fs::write_new(
+            out,
+            format!("{}\n", key.expose_secret()).as_bytes(),
+            PRIVATE_FILE,
+        )?;
+    }
+    commit().map_err(|e| {
+        if let Some(out) = out {
+            let _removed = std::fs::remove_file(out);
+        }
+        e.into()
+    })
 }
 
 pub(crate) fn row(r: &ApiKeyRecord, now: i64) -> KeyRow {

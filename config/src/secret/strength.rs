@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use krouter_policy::secret_like;
+
 use crate::secret::SecretName;
 
 /// Fewest bytes any krouter secret may have (32 random bytes, or a longer encoding of them).
@@ -59,23 +61,12 @@ pub fn check(name: SecretName, bytes: &[u8]) -> Result<(), (SecretName, Weakness
     {
         return Err((name, Weakness::KnownWeak));
     }
-    let mut counts = [0u32; 256];
-    for &b in bytes {
-        if let Some(c) = counts.get_mut(usize::from(b)) {
-            *c += 1;
-        }
-    }
-    let distinct = counts.iter().filter(|&&c| c > 0).count();
-    let len = bytes.len() as f64;
-    let per_byte: f64 = counts
+    let distinct = bytes
         .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / len;
-            -p * p.log2()
-        })
-        .sum();
-    if distinct < MIN_DISTINCT || per_byte * len < MIN_ESTIMATED_BITS {
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let estimated_bits = secret_like::entropy(bytes) * bytes.len() as f64;
+    if distinct < MIN_DISTINCT || estimated_bits < MIN_ESTIMATED_BITS {
         return Err((name, Weakness::LowEntropy));
     }
     Ok(())

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use ring::hmac;
 use rusqlite::{Connection, Transaction, params};
 
 use crate::error::Error;
+use crate::store::mac::fields_mac;
 use crate::store::sqlite;
 
 /// The MAC before the first row.
@@ -73,27 +73,12 @@ pub enum AuditBreak {
 }
 
 fn mac(key: &[u8], prev: &str, r: &AuditRecord) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(b"krouter-audit-v1\0");
-    for field in [
-        prev,
-        &r.seq.to_string(),
-        &r.at.to_string(),
-        &r.actor,
-        &r.action,
-        &r.target,
-        &r.outcome,
-    ] {
-        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
-        ctx.update(&len.to_be_bytes());
-        ctx.update(field.as_bytes());
-    }
-    ctx.sign()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let (seq, at) = (r.seq.to_string(), r.at.to_string());
+    fields_mac(
+        key,
+        b"krouter-audit-v1\0",
+        &[prev, &seq, &at, &r.actor, &r.action, &r.target, &r.outcome],
+    )
 }
 
 pub(crate) fn list(conn: &Connection, path: &Path) -> Result<Vec<AuditRecord>, Error> {

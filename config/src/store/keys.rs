@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use ring::hmac;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::apikey::{KeyDigest, KeyId};
 use crate::error::Error;
+use crate::store::mac::fields_mac;
 use crate::store::{StoreError, WriteTx, damaged, sqlite};
 
 /// One API key as stored.
@@ -38,28 +38,26 @@ impl ApiKeyRecord {
 
 /// The row's MAC under the store's audit key: every field, length-prefixed.
 fn row_mac(mac_key: &[u8], r: &ApiKeyRecord) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, mac_key);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(b"krouter-api-key-row-v1\0");
     let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |t| t.to_string());
-    for field in [
-        r.id.as_str().to_owned(),
+    let (digest, created, expires, revoked) = (
         r.digest.to_hex(),
-        r.label.clone(),
-        r.group.clone(),
         r.created_at.to_string(),
         opt(r.expires_at),
         opt(r.revoked_at),
-    ] {
-        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
-        ctx.update(&len.to_be_bytes());
-        ctx.update(field.as_bytes());
-    }
-    ctx.sign()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    );
+    fields_mac(
+        mac_key,
+        b"krouter-api-key-row-v1\0",
+        &[
+            r.id.as_str(),
+            &digest,
+            &r.label,
+            &r.group,
+            &created,
+            &expires,
+            &revoked,
+        ],
+    )
 }
 
 /// Every key record, each checked against its MAC.
