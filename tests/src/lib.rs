@@ -11,4 +11,5 @@
 )]
 
 pub mod bins;
+pub mod home;
 pub mod leak;

@@ -3,54 +3,12 @@
 //! public listener without API keys are each refused with their exit code.
 
 use std::fs;
-use std::path::PathBuf;
 
 use krouter_config::state::StateDb;
 use krouter_policy::{AcceptedPolicy, PolicyDigest, Serial};
-use krouter_tests::bins::{Run, admin_with, proxy_path};
+use krouter_tests::bins::admin_with;
+use krouter_tests::home::TempHome as Home;
 use krouter_tests::leak;
-
-struct Home {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Home {
-    fn init() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("home");
-        let home = Self { _dir: dir, root };
-        let run = admin_with(&home.parent(), &["init"], &home.env(&[]), None);
-        assert_eq!(run.code, 0, "{run:?}");
-        home
-    }
-
-    fn parent(&self) -> PathBuf {
-        self.root.parent().unwrap().to_owned()
-    }
-
-    fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut env = vec![("KROUTER_HOME", self.root.to_str().unwrap())];
-        env.extend_from_slice(extra);
-        env
-    }
-
-    fn check(&self, extra: &[(&str, &str)]) -> Run {
-        let output = std::process::Command::new(proxy_path())
-            .arg("check")
-            .current_dir(self.parent())
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .envs(self.env(extra))
-            .output()
-            .unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
 
 #[test]
 fn a_fresh_home_checks_out_without_showing_secrets() {
@@ -112,7 +70,7 @@ fn tampered_rolled_back_and_exposed_configurations_are_refused() {
     .unwrap();
     let key = home.root.join("secrets/policy-signing.key");
     let signed = admin_with(
-        &home.parent(),
+        home.parent(),
         &[
             "policy",
             "sign",

@@ -10,77 +10,8 @@ use std::time::{Duration, Instant};
 use krouter_config::secret::load::{self, Vars};
 use krouter_config::store::{AuditEntry, CredentialKind, StoreWriter};
 use krouter_tests::bins::{Run, admin_command, admin_with};
+use krouter_tests::home::{TempHome as Home, json_field};
 use krouter_tests::leak;
-use rusqlite::{Connection, OpenFlags};
-
-/// A fresh `KROUTER_HOME` in a temporary directory, initialized by the real binary.
-struct Home {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Home {
-    fn init() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("home");
-        let home = Self { _dir: dir, root };
-        let run = home.admin(&["init"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        home
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![
-            ("KROUTER_HOME", self.root.to_str().unwrap()),
-            ("USER", "tester"),
-        ]
-    }
-
-    fn admin(&self, args: &[&str]) -> Run {
-        admin_with(&self.root_parent(), args, &self.env(), None)
-    }
-
-    fn admin_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
-        admin_with(&self.root_parent(), args, &self.env(), Some(stdin))
-    }
-
-    fn root_parent(&self) -> PathBuf {
-        self.root.parent().unwrap().to_owned()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.root.join("db/store.sqlite")
-    }
-
-    fn secret(&self, file: &str) -> String {
-        fs::read_to_string(self.root.join("secrets").join(file)).unwrap()
-    }
-
-    /// Raw SQL access, as someone holding the file would have.
-    fn raw(&self) -> Connection {
-        Connection::open_with_flags(self.store(), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap()
-    }
-
-    fn create_key(&self, label: &str) -> (String, String) {
-        let run = self.admin(&["--json", "keys", "create", "--label", label]);
-        assert_eq!(run.code, 0, "{run:?}");
-        let id = json_field(&run.stdout, "id");
-        let key = json_field(&run.stdout, "secret");
-        assert!(key.starts_with("sk-krouter-"), "{run:?}");
-        (id, key)
-    }
-}
-
-/// The string value of `"field": "..."` in pretty JSON output.
-fn json_field(json: &str, field: &str) -> String {
-    let marker = format!("\"{field}\": \"");
-    let start = json
-        .find(&marker)
-        .unwrap_or_else(|| panic!("{field} in {json}"))
-        + marker.len();
-    let end = json[start..].find('"').unwrap() + start;
-    json[start..end].to_owned()
-}
 
 #[test]
 fn the_whole_life_cycle_leaks_no_secret() {
@@ -111,7 +42,7 @@ fn the_whole_life_cycle_leaks_no_secret() {
     );
     outputs.extend([set, list]);
 
-    let out_file = home.root_parent().join("ci.key");
+    let out_file = home.parent().join("ci.key");
     let to_file = home.admin(&[
         "keys",
         "create",
@@ -144,7 +75,7 @@ fn the_whole_life_cycle_leaks_no_secret() {
         verify.stdout.contains("1 credential(s) decrypt"),
         "{verify:?}"
     );
-    let backup_path = home.root_parent().join("backup.sqlite");
+    let backup_path = home.parent().join("backup.sqlite");
     let backup = home.admin(&["store", "backup", "--out", backup_path.to_str().unwrap()]);
     assert_eq!(backup.code, 0, "{backup:?}");
     let audit = home.admin(&["audit", "verify"]);
@@ -292,7 +223,7 @@ fn a_wrong_key_or_a_damaged_file_is_a_clear_error() {
     let wrong = leak::fake_secret("", 44);
     let mut env = home.env();
     env.push(("STORAGE_ENCRYPTION_KEY", &wrong));
-    let run = admin_with(&home.root_parent(), &["keys", "list"], &env, None);
+    let run = admin_with(home.parent(), &["keys", "list"], &env, None);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr
@@ -305,7 +236,7 @@ fn a_wrong_key_or_a_damaged_file_is_a_clear_error() {
         ("STORAGE_ENCRYPTION_KEY", "changeme"),
         ("KROUTER_HOME", home.root.to_str().unwrap()),
     ];
-    let run = admin_with(&home.root_parent(), &["keys", "list"], &weak, None);
+    let run = admin_with(home.parent(), &["keys", "list"], &weak, None);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains(
@@ -354,7 +285,7 @@ fn concurrent_commands_serialise_instead_of_failing() {
     let children: Vec<_> = (0..8)
         .map(|i| {
             admin_command(
-                &home.root_parent(),
+                home.parent(),
                 &["keys", "create", "--label", &format!("c{i}")],
                 &env,
             )
@@ -391,7 +322,7 @@ fn a_rekey_killed_at_any_moment_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(300);
     for round in 0u64..12 {
         assert!(Instant::now() < deadline, "the kill loop took too long");
-        let mut child = admin_command(&home.root_parent(), &["store", "rekey", "--generate"], &env)
+        let mut child = admin_command(home.parent(), &["store", "rekey", "--generate"], &env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -419,7 +350,7 @@ fn commands_during_a_rekey_never_lose_the_new_key() {
     let home = Home::init();
     fill_credentials(&home, 4000);
     let env = home.env();
-    let mut rekey = admin_command(&home.root_parent(), &["store", "rekey", "--generate"], &env)
+    let mut rekey = admin_command(home.parent(), &["store", "rekey", "--generate"], &env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -445,7 +376,7 @@ fn commands_during_a_rekey_never_lose_the_new_key() {
 #[test]
 fn a_crlf_key_file_rekeys_and_opens_the_same() {
     let home = Home::init();
-    let dir = home.root_parent();
+    let dir = home.parent();
     let old = dir.join("old.key");
     let new = dir.join("new.key");
     for (path, text) in [
@@ -459,7 +390,7 @@ fn a_crlf_key_file_rekeys_and_opens_the_same() {
         let mut env = home.env();
         let file = file.to_str().unwrap().to_owned();
         env.push(("STORAGE_ENCRYPTION_KEY_FILE", &file));
-        admin_with(&dir, args, &env, None)
+        admin_with(dir, args, &env, None)
     };
     let run = with_file(
         &old,
