@@ -178,6 +178,11 @@ impl fmt::Display for KeyId {
 // === impl KeyDigest ===
 
 impl KeyDigest {
+    /// The digest's bytes, for lookups.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// HMAC-SHA256 keyed with `secret` over `krouter-api-key-v1\0` and the key's text.
     pub fn of(secret: &ApiKeySecret, key: &ApiKey) -> Self {
         let hmac_key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret());

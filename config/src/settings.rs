@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Format as _, Toml};
 use figment::value::{Dict, Map, Value};
@@ -29,6 +29,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:20128";
 pub struct Settings {
     listen: SocketAddr,
     log_format: LogFormat,
+    upstream_ca_file: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -47,6 +48,7 @@ pub enum LogFormat {
 struct RawSettings {
     listen: Option<String>,
     log_format: Option<String>,
+    upstream_ca_file: Option<String>,
 }
 
 /// `KROUTER_*` variables as a figment provider.
@@ -82,7 +84,11 @@ impl Settings {
             .map_err(|e| settings_error(&e, file, text))?;
         let origin = |field: &str| origin_of(&figment, field, file, text);
 
-        for (field, value) in [("listen", &raw.listen), ("log_format", &raw.log_format)] {
+        for (field, value) in [
+            ("listen", &raw.listen),
+            ("log_format", &raw.log_format),
+            ("upstream_ca_file", &raw.upstream_ca_file),
+        ] {
             if let Some(kind) = value.as_deref().and_then(secret_like::detect) {
                 return Err(Error::Settings {
                     origin: origin(field),
@@ -108,7 +114,26 @@ impl Settings {
                 });
             }
         };
-        Ok(Self { listen, log_format })
+        // A relative CA path is relative to the home (the settings file's directory).
+        let upstream_ca_file = match raw.upstream_ca_file.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(Error::Settings {
+                    origin: origin("upstream_ca_file"),
+                    field: "upstream_ca_file".to_owned(),
+                    what: "empty; remove the setting or name a PEM file".to_owned(),
+                });
+            }
+            Some(path) => Some(match file.parent() {
+                Some(home) => home.join(path),
+                None => PathBuf::from(path),
+            }),
+        };
+        Ok(Self {
+            listen,
+            log_format,
+            upstream_ca_file,
+        })
     }
 
     /// The client listener (default `127.0.0.1:20128`).
@@ -121,6 +146,12 @@ impl Settings {
         self.log_format
     }
 
+    /// An extra PEM file of CA certificates trusted for upstream TLS, besides the public
+    /// roots (for a private provider; the tests use their own CA).
+    pub fn upstream_ca_file(&self) -> Option<&Path> {
+        self.upstream_ca_file.as_deref()
+    }
+
     /// The settings file text `krouter-admin init` writes.
     pub fn starter_file() -> String {
         format!(
@@ -128,7 +159,8 @@ impl Settings {
              # posture either (that is the signed policy). Each key can be overridden by a\n\
              # KROUTER_<KEY> variable, e.g. KROUTER_LISTEN.\n\
              listen = \"{DEFAULT_LISTEN}\"\n\
-             log_format = \"json\"   # or \"pretty\"\n"
+             log_format = \"json\"   # or \"pretty\"\n\
+             # upstream_ca_file = \"certs/upstream-ca.pem\"   # extra CA for upstream TLS\n"
         )
     }
 }

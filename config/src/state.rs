@@ -18,6 +18,35 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/state/00
 /// The newest state schema this build knows.
 const KNOWN: i64 = 1;
 
+/// One request's metadata: never content, never key material.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRow {
+    /// When the request arrived, unix milliseconds.
+    pub at_ms: i64,
+    /// The id sent to the client in `x-request-id`.
+    pub request_id: String,
+    /// The caller's key id (`kid_...`), if it authenticated.
+    pub key_id: Option<String>,
+    /// The key's group.
+    pub group: Option<String>,
+    /// The model the client asked for.
+    pub model: Option<String>,
+    /// The provider that answered (or was tried last).
+    pub provider: Option<String>,
+    /// The model name sent upstream.
+    pub upstream_model: Option<String>,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// Time until the response ended, milliseconds.
+    pub latency_ms: u64,
+    /// Time until the first body byte reached the client, milliseconds.
+    pub ttfb_ms: Option<u64>,
+    /// Input (prompt) tokens, when the upstream said.
+    pub tokens_in: Option<u64>,
+    /// Output (completion) tokens, when the upstream said.
+    pub tokens_out: Option<u64>,
+}
+
 /// The state database.
 pub struct StateDb {
     conn: Connection,
@@ -82,6 +111,80 @@ impl StateDb {
     }
 }
 
+impl StateDb {
+    /// Appends `rows` in one transaction.
+    pub fn insert_requests(&mut self, rows: &[RequestRow]) -> Result<(), Error> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite(path, "begin writing request rows", e))?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO requests (at, request_id, key_id, key_group, model, provider,
+                     upstream_model, status, latency_ms, ttfb_ms, tokens_in, tokens_out)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(|e| sqlite(path, "prepare the request insert", e))?;
+            let wide = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            for row in rows {
+                stmt.execute(params![
+                    row.at_ms,
+                    row.request_id,
+                    row.key_id,
+                    row.group,
+                    row.model,
+                    row.provider,
+                    row.upstream_model,
+                    row.status,
+                    wide(row.latency_ms),
+                    row.ttfb_ms.map(wide),
+                    row.tokens_in.map(wide),
+                    row.tokens_out.map(wide),
+                ])
+                .map_err(|e| sqlite(path, "write a request row", e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| sqlite(path, "commit the request rows", e))
+    }
+
+    /// The newest `limit` request rows, newest first (for reports and tests).
+    pub fn recent_requests(&self, limit: u32) -> Result<Vec<RequestRow>, Error> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT at, request_id, key_id, key_group, model, provider, upstream_model,
+                 status, latency_ms, ttfb_ms, tokens_in, tokens_out
+                 FROM requests ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| sqlite(path, "read the request rows", e))?;
+        let narrow = |v: i64| u64::try_from(v).unwrap_or(0);
+        let rows = stmt
+            .query_map(params![limit], |r| {
+                Ok(RequestRow {
+                    at_ms: r.get(0)?,
+                    request_id: r.get(1)?,
+                    key_id: r.get(2)?,
+                    group: r.get(3)?,
+                    model: r.get(4)?,
+                    provider: r.get(5)?,
+                    upstream_model: r.get(6)?,
+                    status: r.get(7)?,
+                    latency_ms: narrow(r.get(8)?),
+                    ttfb_ms: r.get::<_, Option<i64>>(9)?.map(narrow),
+                    tokens_in: r.get::<_, Option<i64>>(10)?.map(narrow),
+                    tokens_out: r.get::<_, Option<i64>>(11)?.map(narrow),
+                })
+            })
+            .map_err(|e| sqlite(path, "read the request rows", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| sqlite(path, "read the request rows", e))
+    }
+}
+
 fn accepted(conn: &Connection, path: &Path) -> Result<Option<AcceptedPolicy>, Error> {
     let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
@@ -127,5 +230,35 @@ mod tests {
             StateDb::open(&path).unwrap().accepted().unwrap(),
             Some(accepted)
         );
+    }
+
+    #[test]
+    fn request_rows_round_trip_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        assert!(db.recent_requests(10).unwrap().is_empty());
+        let first = RequestRow {
+            at_ms: 1,
+            request_id: "req_1".into(),
+            key_id: Some("kid_abc".into()),
+            status: 200,
+            latency_ms: 12,
+            ttfb_ms: Some(3),
+            tokens_in: Some(11),
+            tokens_out: Some(u64::MAX),
+            ..RequestRow::default()
+        };
+        let second = RequestRow {
+            at_ms: 2,
+            request_id: "req_2".into(),
+            status: 401,
+            ..RequestRow::default()
+        };
+        db.insert_requests(&[first, second.clone()]).unwrap();
+        let rows = db.recent_requests(10).unwrap();
+        assert_eq!(rows[0], second);
+        // Values beyond SQLite's range are clamped, never wrapped.
+        assert_eq!(rows[1].tokens_out, Some(i64::MAX as u64));
+        assert_eq!(rows[1].request_id, "req_1");
     }
 }

@@ -14,6 +14,7 @@
 //! without write permission on the directory can still open the store.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -32,7 +33,7 @@ mod mac;
 pub(crate) mod schema;
 
 pub use audit::{AuditEntry, AuditRecord};
-pub use credentials::{CredentialInfo, CredentialKind};
+pub use credentials::{CredentialInfo, CredentialKind, CredentialVault};
 pub use keys::ApiKeyRecord;
 /// The store schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = schema::KNOWN;
@@ -151,7 +152,7 @@ pub enum StoreError {
 pub struct StoreReader {
     conn: Connection,
     path: PathBuf,
-    key: DataKey,
+    key: Arc<DataKey>,
     mac_key: Zeroizing<Vec<u8>>,
 }
 
@@ -190,9 +191,31 @@ impl StoreReader {
         Ok(Self {
             conn,
             path: path.to_owned(),
-            key,
+            key: Arc::new(key),
             mac_key,
         })
+    }
+
+    /// Every credential, still sealed, with the key to open one at a time: the proxy's view,
+    /// so that a value is decrypted only for the request that uses it.
+    pub fn vault(&self) -> Result<CredentialVault, Error> {
+        credentials::vault(&self.conn, &self.path, &self.key)
+    }
+
+    /// Fails with "wrong key" if the store was re-keyed since this reader opened it (its key
+    /// check value no longer matches), so a long-lived reader notices `store rekey`.
+    pub fn check_key(&self) -> Result<(), Error> {
+        let stored = meta(&self.conn, &self.path, "key_check")?;
+        let stored = KeyCheckValue::from_bytes(&stored)
+            .map_err(|_| damaged(&self.path, "the key check value is malformed"))?;
+        if KeyCheckValue::of(&self.key).matches(&stored) {
+            Ok(())
+        } else {
+            Err(StoreError::WrongKey {
+                path: self.path.clone(),
+            }
+            .into())
+        }
     }
 
     /// Every API key record, revoked and expired included. A row edited outside

@@ -1,4 +1,6 @@
-//! The proxy's start-up errors, each mapped to the same exit codes as `krouter-admin`.
+//! The proxy's errors: start-up failures ([`Error`], mapped to the same exit codes as
+//! `krouter-admin`) and request rejections ([`Reject`], turned into responses by
+//! [`crate::respond`] alone).
 
 use std::net::SocketAddr;
 
@@ -15,6 +17,27 @@ pub enum Error {
     /// The trusted keys could not be loaded (exit 3).
     #[error("could not load the trusted policy keys")]
     Trust(#[source] krouter_config::Error),
+    /// The listener could not be bound.
+    #[error("could not listen on {listen}")]
+    Bind {
+        /// The configured listener.
+        listen: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime or a worker thread could not start.
+    #[error("could not start {what}")]
+    Start {
+        /// What could not start.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upstream TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::upstream::TlsSetupError),
     /// A public listener while the policy lets anyone in.
     #[error(
         "refusing to listen on {listen}, which is not a loopback address, while the policy does not require API keys: set [access] require_api_keys = true, or listen on 127.0.0.1"
@@ -43,7 +66,154 @@ impl Error {
                 | C::Audit { .. }
                 | C::Store(S::Envelope { .. } | S::Damaged { .. } | S::KeyTampered { .. }),
             ) => 3,
-            Self::Policy(_) | Self::Config(_) | Self::PublicWithoutKeys { .. } => 1,
+            Self::Policy(_)
+            | Self::Config(_)
+            | Self::PublicWithoutKeys { .. }
+            | Self::Bind { .. }
+            | Self::Start { .. }
+            | Self::Tls(_) => 1,
+        }
+    }
+}
+
+/// Why a request was not served. Each variant says who caused it ([`Reject::origin`]);
+/// [`crate::respond`] turns each into a status and a dialect error object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reject {
+    /// No endpoint at this method and path.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The client's address is not admitted by the policy.
+    #[error("the client address is not allowed")]
+    AddressDenied,
+    /// The policy requires a key and none was sent.
+    #[error("no API key")]
+    MissingKey,
+    /// The key is malformed, has a bad checksum, or is not known.
+    #[error("invalid API key")]
+    InvalidKey,
+    /// `Authorization` and `x-api-key` carry different keys.
+    #[error("two different API keys")]
+    ConflictingKeys,
+    /// The key was revoked.
+    #[error("revoked API key")]
+    RevokedKey,
+    /// The key has expired.
+    #[error("expired API key")]
+    ExpiredKey,
+    /// The key's group may not use this model.
+    #[error("model not allowed for the key's group")]
+    ModelNotAllowed,
+    /// The body is larger than krouter accepts.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The body could not be read or is not what the endpoint expects.
+    #[error("bad request body: {what}")]
+    BadBody {
+        /// What is wrong, client-safe.
+        what: &'static str,
+    },
+    /// No route for this model.
+    #[error("unknown model")]
+    UnknownModel,
+    /// The route has no target reachable in the caller's dialect.
+    #[error("the model has no target for this API")]
+    WrongDialect,
+    /// Every target failed before an answer could be sent.
+    #[error("upstream failed: {0}")]
+    Upstream(UpstreamFailure),
+    /// krouter could not do its own part.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What failed, for the log; the client sees a generic message.
+        what: &'static str,
+    },
+}
+
+/// Why one upstream attempt failed, always before any byte was sent to the client; whether
+/// the next target is tried is [`UpstreamFailure::falls_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamFailure {
+    /// The connection could not be made (refused, reset, TLS failure, DNS failure).
+    #[error("could not connect")]
+    Connect,
+    /// The host resolved to an address the SSRF guard refuses.
+    #[error("the upstream address is refused by the SSRF guard")]
+    AddressRefused,
+    /// No connection or no response head within the provider's timeouts.
+    #[error("timed out waiting for the upstream")]
+    Timeout,
+    /// The upstream answered with a server error.
+    #[error("upstream answered {0}")]
+    ServerError(u16),
+    /// The upstream is rate limiting.
+    #[error("upstream is rate limiting")]
+    RateLimited,
+    /// The upstream answered with a redirect, which krouter never follows.
+    #[error("upstream answered with a redirect")]
+    Redirect,
+    /// The upstream's error body was larger than krouter relays.
+    #[error("upstream error body too large")]
+    OversizedError,
+    /// The provider's credential is missing from the store or does not decrypt.
+    #[error("the provider credential is unavailable")]
+    Credential,
+}
+
+/// Who caused a rejection: decides the log level and whether it counts against the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client sent something krouter refuses.
+    Client,
+    /// An upstream failed.
+    Upstream,
+    /// krouter itself failed.
+    Internal,
+}
+
+// === impl Reject ===
+
+impl Reject {
+    /// Who caused it.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Self::NoRoute
+            | Self::AddressDenied
+            | Self::MissingKey
+            | Self::InvalidKey
+            | Self::ConflictingKeys
+            | Self::RevokedKey
+            | Self::ExpiredKey
+            | Self::ModelNotAllowed
+            | Self::BodyTooLarge
+            | Self::BadBody { .. }
+            | Self::UnknownModel
+            | Self::WrongDialect => Origin::Client,
+            Self::Upstream(UpstreamFailure::Credential) | Self::Internal { .. } => Origin::Internal,
+            Self::Upstream(_) => Origin::Upstream,
+        }
+    }
+}
+
+// === impl UpstreamFailure ===
+
+impl UpstreamFailure {
+    /// Whether the next target may be tried: on a failure to connect or to answer in time,
+    /// a 5xx or a 429 (and a target krouter cannot authenticate to). A redirect or an
+    /// oversized client-error body is the upstream's final answer. All of these happen
+    /// before the client has seen a byte; once it has, there is no failure value left to
+    /// ask (the relay can only end the stream).
+    pub fn falls_back(self) -> bool {
+        match self {
+            Self::Connect
+            | Self::AddressRefused
+            | Self::Timeout
+            | Self::ServerError(_)
+            | Self::RateLimited
+            | Self::Credential => true,
+            Self::Redirect | Self::OversizedError => false,
         }
     }
 }

@@ -1,20 +1,106 @@
-//! krouter's network-facing proxy.
-//!
-//! Today it owns start-up ([`startup`]: settings, secrets, the read-only store, the signed
-//! policy with its rollback check, and the public-listener rule) and `krouter check`
-//! ([`check`]). The listeners, the eight-stage request pipeline (accept, classify, admit,
-//! inspect, route, forward, relay, record), the upstream client with its SSRF-checked
-//! connector, live reload and the landlock sandbox arrive with the rest of the proxy issue.
+//! krouter's network-facing proxy: start-up ([`startup`]), `krouter check` ([`check`]), and
+//! serving ([`serve`]): the listener, the eight-stage request pipeline ([`pipeline`]), the
+//! upstream client with its SSRF-checked resolver ([`upstream`]), the one place that turns
+//! rejections into responses ([`respond`]), live reload of policy and store ([`reload`]),
+//! and the request metadata writer ([`recorder`]).
 //!
 //! It must never write the store, hold the policy signing key, or see a plaintext
-//! dashboard password; after start-up it runs sandboxed, read-only outside its state
-//! directory.
+//! dashboard password; it writes only its state database. The landlock sandbox arrives with
+//! the edge-hardening issue.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krouter_config::secret::load::Vars;
+use krouter_config::state::StateDb;
+use krouter_policy::AcceptedPolicy;
+use tokio::net::TcpListener;
+
+pub mod body;
 pub mod check;
+pub mod ctx;
+pub mod dialect;
 mod error;
+pub mod logging;
+pub mod pipeline;
+pub mod recorder;
+pub mod reload;
+pub mod respond;
+pub mod serve;
+pub mod snapshot;
 pub mod startup;
+pub mod upstream;
 
-pub use error::Error;
+pub use error::{Error, Origin, Reject, UpstreamFailure};
+
+use pipeline::Shared;
+use recorder::Recorder;
+use reload::Watcher;
+use snapshot::{KeyTable, Live, Snapshot};
+use upstream::Upstream;
 
 /// The version printed by `krouter --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Serves what start-up loaded until `shutdown` completes: binds the listener, records the
+/// policy as accepted, starts the metadata writer and the reload watcher, then drains.
+pub async fn run(
+    loaded: startup::Loaded,
+    vars: Vars,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let startup::Loaded {
+        home,
+        settings,
+        store,
+        policy,
+        api_key_secret,
+        ..
+    } = loaded;
+    let listen = settings.listen();
+    let upstream = Upstream::new(settings.upstream_ca_file())?;
+
+    let state_file = home.state_file();
+    let state = StateDb::open(&state_file)?;
+    state.record_accepted(&AcceptedPolicy::new(policy.serial(), policy.digest()))?;
+    let (recorder, recorder_thread) =
+        Recorder::start(StateDb::open(&state_file)?).map_err(|source| Error::Start {
+            what: "the metadata writer",
+            source,
+        })?;
+
+    let keys = KeyTable::new(store.api_keys()?);
+    let vault = store.vault()?;
+    let serial = policy.serial().get();
+    let shared = Arc::new(Shared {
+        live: Live::new(Snapshot::new(policy, keys, vault)),
+        upstream,
+        recorder,
+        api_key_secret,
+    });
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind { listen, source })?;
+    let bound: SocketAddr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { listen, source })?;
+    let watcher = Watcher::new(home, vars, listen, store, state)
+        .spawn(Arc::clone(&shared))
+        .map_err(|source| Error::Start {
+            what: "the reload watcher",
+            source,
+        })?;
+    tracing::info!(addr = %bound, policy_serial = serial, version = VERSION, "listening");
+
+    serve::run(listener, Arc::clone(&shared), shutdown).await;
+
+    watcher.stop();
+    let dropped = shared.recorder.dropped();
+    drop(shared);
+    recorder_thread.finish(Duration::from_secs(10));
+    tracing::info!(metadata_rows_dropped = dropped, "stopped");
+    Ok(())
+}

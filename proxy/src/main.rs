@@ -12,11 +12,13 @@ use krouter_config::secret::load::Vars;
 #[command(name = "krouter", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve clients (the default): load and check everything, then listen.
+    Serve,
     /// Check settings, secrets, the store and the signed policy, and print the effective
     /// configuration (secrets shown only as where they come from). Writes nothing.
     Check,
@@ -31,31 +33,53 @@ fn main() -> ExitCode {
         }
     };
     let vars = Vars::from_process();
-    match cli.command {
-        Command::Check => match krouter_proxy::startup::load(&vars) {
-            Ok(loaded) => {
-                let _ = write!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    krouter_proxy::check::report(&loaded)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                let mut lines = vec![format!("error: {error}")];
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    lines.push(format!("  caused by: {cause}"));
-                    source = cause.source();
-                }
-                if let krouter_proxy::Error::Policy(krouter_policy::Error::Invalid(problems)) =
-                    &error
-                {
-                    lines.extend(problems.lines().into_iter().map(|l| format!("  {l}")));
-                }
-                let _ = writeln!(std::io::stderr().lock(), "{}", lines.join("\n"));
-                ExitCode::from(error.code())
-            }
-        },
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => krouter_proxy::startup::load(&vars).map(|loaded| {
+            let _ = write!(
+                std::io::stdout().lock(),
+                "{}",
+                krouter_proxy::check::report(&loaded)
+            );
+        }),
+        Command::Serve => serve(vars),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr().lock(), "{}", describe(&error));
+            ExitCode::from(error.code())
+        }
     }
+}
+
+fn serve(vars: Vars) -> Result<(), krouter_proxy::Error> {
+    let loaded = krouter_proxy::startup::load(&vars)?;
+    krouter_proxy::logging::init(loaded.settings.log_format());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("krouter-worker")
+        .build()
+        .map_err(|source| krouter_proxy::Error::Start {
+            what: "the async runtime",
+            source,
+        })?;
+    runtime.block_on(krouter_proxy::run(
+        loaded,
+        vars,
+        krouter_proxy::serve::signal(),
+    ))
+}
+
+/// The error, its causes, and every policy problem, one per line.
+fn describe(error: &krouter_proxy::Error) -> String {
+    let mut lines = vec![format!("error: {error}")];
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        lines.push(format!("  caused by: {cause}"));
+        source = cause.source();
+    }
+    if let krouter_proxy::Error::Policy(krouter_policy::Error::Invalid(problems)) = error {
+        lines.extend(problems.lines().into_iter().map(|l| format!("  {l}")));
+    }
+    lines.join("\n")
 }

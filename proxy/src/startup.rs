@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use krouter_config::home::KrouterHome;
 use krouter_config::policy_files::{read_signed, read_trusted_dir};
-use krouter_config::secret::SecretName;
 use krouter_config::secret::load::{self, Origin, Vars};
+use krouter_config::secret::{ApiKeySecret, SecretName};
 use krouter_config::settings::Settings;
 use krouter_config::state::StateDb;
 use krouter_config::store::StoreReader;
@@ -31,6 +31,8 @@ pub struct Loaded {
     pub policy: Policy,
     /// The policy accepted before this start, if any.
     pub previously_accepted: Option<AcceptedPolicy>,
+    /// `API_KEY_SECRET`, which turns a presented key into its digest.
+    pub api_key_secret: ApiKeySecret,
 }
 
 /// Loads and checks everything, writing nothing.
@@ -42,8 +44,7 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
     }
     let secrets_dir = home.secrets_dir();
     let storage_key = load::storage_key(vars, &secrets_dir)?;
-    // Loaded now so that a missing or weak API key secret stops start-up, not a request.
-    let _api_key_secret = load::api_key_secret(vars, &secrets_dir)?;
+    let api_key_secret = load::api_key_secret(vars, &secrets_dir)?;
     let secrets = [SecretName::StorageKey, SecretName::ApiKeySecret]
         .map(|name| (name, load::origin(name, vars, &secrets_dir)))
         .to_vec();
@@ -74,5 +75,6 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         store,
         policy,
         previously_accepted,
+        api_key_secret,
     })
 }

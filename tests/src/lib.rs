@@ -13,3 +13,5 @@
 pub mod bins;
 pub mod home;
 pub mod leak;
+pub mod tls;
+pub mod upstream;

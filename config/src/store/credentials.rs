@@ -1,7 +1,10 @@
 //! Provider credentials: sealed per field with AES-256-GCM, bound to their row, with a short
 //! keyed fingerprint so operators can tell two values apart without seeing either.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ring::hmac;
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -15,6 +18,15 @@ use crate::store::{StoreError, WriteTx, sqlite};
 
 /// Largest credential accepted (provider keys are under 200 bytes; some tokens are longer).
 pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
+
+/// Every credential sealed as stored, with the data key to open them: built by
+/// [`crate::store::StoreReader::vault`]. Opening decrypts one value for one use; nothing is
+/// kept in the clear between uses.
+pub struct CredentialVault {
+    path: PathBuf,
+    key: Arc<DataKey>,
+    sealed: HashMap<String, (String, String)>,
+}
 
 /// What a credential is for: the kind of provider it authenticates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +181,70 @@ fn open(
         }
         .into()
     })
+}
+
+pub(crate) fn vault(
+    conn: &Connection,
+    path: &Path,
+    key: &Arc<DataKey>,
+) -> Result<CredentialVault, Error> {
+    let sealed = sealed_rows(conn, path)?
+        .into_iter()
+        .map(|(name, kind, value)| (name, (kind, value)))
+        .collect();
+    Ok(CredentialVault {
+        path: path.to_owned(),
+        key: Arc::clone(key),
+        sealed,
+    })
+}
+
+// === impl CredentialVault ===
+
+impl CredentialVault {
+    /// Decrypts credential `name` for one use.
+    pub fn open(&self, name: &str) -> Result<ProviderCredential, Error> {
+        let Some((kind, sealed)) = self.sealed.get(name) else {
+            return Err(StoreError::NotFound {
+                what: "credential",
+                name: name.to_owned(),
+            }
+            .into());
+        };
+        let plain = open(&self.path, &self.key, name, kind, sealed)?;
+        Ok(ProviderCredential::from_checked(plain))
+    }
+
+    /// The kind credential `name` was stored as, if it exists.
+    pub fn kind(&self, name: &str) -> Option<CredentialKind> {
+        self.sealed
+            .get(name)
+            .and_then(|(kind, _)| CredentialKind::parse(kind))
+    }
+
+    /// Whether credential `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.sealed.contains_key(name)
+    }
+
+    /// The credential names, for policy validation.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sealed.keys().map(String::as_str)
+    }
+}
+
+impl krouter_policy::CredentialNames for CredentialVault {
+    fn contains(&self, name: &str) -> bool {
+        self.sealed.contains_key(name)
+    }
+}
+
+impl fmt::Debug for CredentialVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialVault")
+            .field("credentials", &self.sealed.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `(name, kind, sealed value)` of every credential.

@@ -1,0 +1,139 @@
+//! `RequestCtx`: everything one request accumulates on its way through the stages, and
+//! what the record stage writes at the end. Metadata only: never a body, never a key.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dialect::{Dialect, Endpoint, Usage};
+use crate::snapshot::Snapshot;
+
+/// One request's context.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The id sent back in `x-request-id` and written to logs and the metadata row.
+    pub id: RequestId,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The same moment as unix milliseconds.
+    pub at_ms: i64,
+    /// The client's address (the socket peer).
+    pub client: IpAddr,
+    /// The snapshot this request is decided against, from start to end.
+    pub snapshot: Arc<Snapshot>,
+    /// The API the client speaks (answers and errors use it).
+    pub dialect: Dialect,
+    /// The endpoint, once classified.
+    pub endpoint: Option<Endpoint>,
+    /// Who is calling, once admitted.
+    pub caller: Option<Caller>,
+    /// The model the client asked for.
+    pub model: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The provider tried last (the one that answered, on success).
+    pub provider: Option<String>,
+    /// The upstream model name sent to it.
+    pub upstream_model: Option<String>,
+    /// How many upstream attempts were made.
+    pub attempts: u32,
+    /// The status sent to the client.
+    pub status: u16,
+    /// When the first body byte went to the client.
+    pub first_byte: Option<Duration>,
+    /// Token usage read from the response.
+    pub usage: Usage,
+    /// Whether the response body ended early (client gone, upstream broke, timeout).
+    pub cut_short: Option<&'static str>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's public id (`kid_...`); `None` for an anonymous caller, which only a
+    /// policy with `require_api_keys = false` admits.
+    pub key_id: Option<String>,
+    /// The key's group, if it has one in the policy in force.
+    pub group: Option<String>,
+    /// Whether the group asks for no per-request metadata.
+    pub no_log: bool,
+}
+
+/// A request id: `req_` and 24 hex digits from the system random generator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+// === impl RequestCtx ===
+
+impl RequestCtx {
+    /// A fresh context for a request from `client`, against `snapshot`.
+    pub fn new(client: IpAddr, snapshot: Arc<Snapshot>, dialect: Dialect) -> Self {
+        Self {
+            id: RequestId::generate(),
+            started: Instant::now(),
+            at_ms: now_ms(),
+            client,
+            snapshot,
+            dialect,
+            endpoint: None,
+            caller: None,
+            model: None,
+            stream: false,
+            provider: None,
+            upstream_model: None,
+            attempts: 0,
+            status: 0,
+            first_byte: None,
+            usage: Usage::default(),
+            cut_short: None,
+        }
+    }
+
+    /// Whether this request's metadata may be kept (its group is not `no_log`).
+    pub fn loggable(&self) -> bool {
+        !self.caller.as_ref().is_some_and(|c| c.no_log)
+    }
+}
+
+// === impl RequestId ===
+
+impl RequestId {
+    /// A new random id. Falls back to a time-based id if the random generator fails, so
+    /// that a request id never stops a request.
+    pub fn generate() -> Self {
+        use ring::rand::SecureRandom as _;
+        let mut bytes = [0_u8; 12];
+        let hex: String = if ring::rand::SystemRandom::new().fill(&mut bytes).is_ok() {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        } else {
+            format!("{:024x}", now_ms())
+        };
+        Self(format!("req_{hex}"))
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_and_shaped() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 4 + 24);
+        assert!(a.as_str().starts_with("req_"));
+    }
+}

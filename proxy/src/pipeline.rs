@@ -1,0 +1,128 @@
+//! The request path. [`handle`] is the only place that knows the order of the stages; each
+//! stage is a module with one entry function over the request's [`RequestCtx`], and no
+//! stage calls another.
+//!
+//! 1. [`accept`]: limits checked before anything is read (declared body size).
+//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 404.
+//! 3. [`admit`]: client address, then the API key (checksum before lookup; revoked, expired).
+//! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).
+//! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect.
+//! 6. [`forward`]: the upstream request (header allowlist, credential, SSRF-checked
+//!    connect), falling back to the next target only before anything reached the client.
+//! 7. [`relay`]: the answer streamed back as it arrives, usage read on the way.
+//! 8. [`record`]: one metadata row and one log line, when the response has ended.
+//!
+//! Rejections from any stage go to [`crate::respond`], the one place that makes them
+//! responses.
+
+use std::net::IpAddr;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use krouter_config::secret::ApiKeySecret;
+use serde_json::json;
+
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::dialect;
+use crate::error::Reject;
+use crate::recorder::Recorder;
+use crate::respond;
+use crate::snapshot::Live;
+use crate::upstream::Upstream;
+
+pub mod accept;
+pub mod admit;
+pub mod classify;
+pub mod forward;
+pub mod inspect;
+pub mod record;
+pub mod relay;
+pub mod route;
+
+/// What every request shares: the live snapshot, the upstream client, the metadata
+/// recorder and the secret that turns an API key into its digest.
+pub struct Shared {
+    /// The policy and store view in force.
+    pub live: Live,
+    /// The upstream client.
+    pub upstream: Upstream,
+    /// The metadata writer.
+    pub recorder: Recorder,
+    /// `API_KEY_SECRET`.
+    pub api_key_secret: ApiKeySecret,
+}
+
+/// How the stages ended, short of a rejection.
+enum Outcome {
+    /// krouter answered itself (health, model list); recorded now.
+    Answered(Response<Body>),
+    /// A health check: answered, neither logged nor recorded.
+    Health(Response<Body>),
+    /// An upstream answered; recorded when its body ends.
+    Upstream(forward::Answer),
+}
+
+/// Serves one request.
+pub async fn handle(request: Request<Incoming>, client: IpAddr, shared: &Shared) -> Response<Body> {
+    let dialect = dialect::guess(request.uri().path(), request.headers());
+    let mut ctx = RequestCtx::new(client, shared.live.load(), dialect);
+    match stages(request, &mut ctx, shared).await {
+        Ok(Outcome::Health(response)) => response,
+        Ok(Outcome::Answered(response)) => {
+            record::finish(&ctx, &shared.recorder, None);
+            response
+        }
+        Ok(Outcome::Upstream(answer)) => {
+            let recorder = shared.recorder.clone();
+            relay::response(
+                answer,
+                ctx,
+                Box::new(move |ctx: &RequestCtx| record::finish(ctx, &recorder, None)),
+            )
+        }
+        Err(reject) => {
+            let response = respond::reject(&reject, &mut ctx);
+            record::finish(&ctx, &shared.recorder, Some(&reject));
+            response
+        }
+    }
+}
+
+async fn stages(
+    request: Request<Incoming>,
+    ctx: &mut RequestCtx,
+    shared: &Shared,
+) -> Result<Outcome, Reject> {
+    let (parts, body) = request.into_parts();
+    accept::limits(&parts, ctx)?;
+    let endpoint = match classify::request(&parts, ctx)? {
+        classify::Class::Health => {
+            return Ok(Outcome::Health(health(ctx, StatusCode::OK, "ok")));
+        }
+        classify::Class::Ready => {
+            let (status, text) = if shared.live.store_readable() {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "store unreadable")
+            };
+            return Ok(Outcome::Health(health(ctx, status, text)));
+        }
+        classify::Class::Api(endpoint) => endpoint,
+    };
+    admit::caller(&parts, ctx, &shared.api_key_secret)?;
+    if endpoint == dialect::Endpoint::Models {
+        let list = route::models(ctx);
+        return Ok(Outcome::Answered(respond::json(StatusCode::OK, list, ctx)));
+    }
+    let inference = inspect::body(body, endpoint, ctx).await?;
+    let targets = route::targets(&inference, ctx)?;
+    let answer = forward::first_answer(&inference, &targets, &parts, ctx, &shared.upstream).await?;
+    Ok(Outcome::Upstream(answer))
+}
+
+/// `/healthz` and `/readyz` answers.
+fn health(ctx: &mut RequestCtx, status: StatusCode, text: &str) -> Response<Body> {
+    let body = json!({"status": text, "policy_serial": ctx.snapshot.policy().serial().get()});
+    respond::json(status, bytes::Bytes::from(body.to_string()), ctx)
+}

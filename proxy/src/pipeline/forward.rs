@@ -1,0 +1,273 @@
+//! Stage 6, forward: build the upstream request and get an answer, trying the route's targets
+//! in order. Only allowlisted request headers go upstream (never the client's key, cookies,
+//! hop-by-hop or `X-Forwarded-*` headers); the provider's credential is decrypted for this
+//! request and attached the way the provider expects. A target is left for the next one
+//! only on the failures [`UpstreamFailure::falls_back`] allows, all of which happen before
+//! a byte has gone to the client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use krouter_policy::{Provider, ProviderKind, Target};
+use zeroize::Zeroizing;
+
+use super::inspect::Inference;
+use crate::ctx::RequestCtx;
+use crate::dialect::anthropic;
+use crate::error::{Reject, UpstreamFailure};
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+
+/// Client request headers that go upstream; everything else stays behind.
+pub const REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "idempotency-key",
+];
+
+/// Upstream response headers that go back to the client, besides those with an
+/// allowlisted prefix ([`RESPONSE_HEADER_PREFIXES`]).
+pub const RESPONSE_HEADERS: &[&str] = &["content-type", "cache-control", "retry-after"];
+
+/// Prefixes of upstream response headers that go back (rate-limit information).
+pub const RESPONSE_HEADER_PREFIXES: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"];
+
+/// Largest upstream error body relayed; a larger one becomes krouter's own error.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The answer to relay.
+#[derive(Debug)]
+pub enum Answer {
+    /// A success (or other non-error) answer, streamed as it arrives.
+    Stream {
+        /// The upstream response, head received, body not yet read.
+        response: Response<Incoming>,
+        /// Longest pause allowed between body chunks.
+        idle: Duration,
+        /// When the whole response must have ended.
+        deadline: Instant,
+    },
+    /// An upstream client error (4xx other than 429), read whole and bounded.
+    Whole {
+        /// Its status.
+        status: StatusCode,
+        /// Its allowlisted headers.
+        headers: HeaderMap,
+        /// Its body.
+        body: Bytes,
+    },
+}
+
+/// Tries each target in order; the first answer wins.
+pub async fn first_answer(
+    inference: &Inference,
+    targets: &[Target],
+    client: &Parts,
+    ctx: &mut RequestCtx,
+    upstream: &Upstream,
+) -> Result<Answer, Reject> {
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let mut last = UpstreamFailure::Connect;
+    for target in targets {
+        let Some(provider) = snapshot.policy().provider(target.provider()) else {
+            continue;
+        };
+        ctx.provider = Some(provider.name().to_owned());
+        ctx.upstream_model = Some(target.model().to_owned());
+        ctx.attempts += 1;
+        match attempt(inference, target, provider, client, &snapshot, upstream).await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => {
+                tracing::info!(
+                    request_id = ctx.id.as_str(),
+                    provider = provider.name(),
+                    upstream_model = target.model(),
+                    failure = %failure,
+                    "upstream attempt failed"
+                );
+                if !failure.falls_back() {
+                    return Err(Reject::Upstream(failure));
+                }
+                last = failure;
+            }
+        }
+    }
+    Err(Reject::Upstream(last))
+}
+
+async fn attempt(
+    inference: &Inference,
+    target: &Target,
+    provider: &Provider,
+    client: &Parts,
+    snapshot: &Snapshot,
+    upstream: &Upstream,
+) -> Result<Answer, UpstreamFailure> {
+    let request = build(inference, target, provider, client, snapshot)?;
+    let timeouts = provider.timeouts();
+    let started = Instant::now();
+    let response = upstream
+        .send(request, timeouts.connect(), timeouts.first_byte())
+        .await?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(UpstreamFailure::ServerError(status.as_u16()));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(UpstreamFailure::RateLimited);
+    }
+    if status.is_redirection() {
+        return Err(UpstreamFailure::Redirect);
+    }
+    if status.is_client_error() {
+        let headers = response_headers(response.headers());
+        let read = Limited::new(response.into_body(), MAX_ERROR_BODY).collect();
+        let body = match tokio::time::timeout(timeouts.idle(), read).await {
+            Err(_) => return Err(UpstreamFailure::Timeout),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(UpstreamFailure::OversizedError);
+            }
+            Ok(Err(_)) => return Err(UpstreamFailure::Connect),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        return Ok(Answer::Whole {
+            status,
+            headers,
+            body,
+        });
+    }
+    Ok(Answer::Stream {
+        response,
+        idle: timeouts.idle(),
+        deadline: started + timeouts.total(),
+    })
+}
+
+/// The upstream request for `target`.
+fn build(
+    inference: &Inference,
+    target: &Target,
+    provider: &Provider,
+    client: &Parts,
+    snapshot: &Snapshot,
+) -> Result<Request<Full<Bytes>>, UpstreamFailure> {
+    let query = client
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let uri = format!(
+        "{}{}{query}",
+        provider.base_url(),
+        inference.endpoint.upstream_suffix()
+    );
+    let body = inference.body_for(target.model());
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.parse().map_err(|_| UpstreamFailure::Connect)?;
+    let headers = request.headers_mut();
+    for name in REQUEST_HEADERS {
+        for value in client.headers.get_all(*name) {
+            headers.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if provider.kind() == ProviderKind::Anthropic && !headers.contains_key("anthropic-version") {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(anthropic::DEFAULT_VERSION),
+        );
+    }
+    if let Some(name) = provider.credential() {
+        let (header_name, value) = credential_header(provider.kind(), snapshot, name)?;
+        headers.insert(header_name, value);
+    }
+    Ok(request)
+}
+
+/// The credential header for a provider of `kind`: `x-api-key` for Anthropic, a bearer
+/// token otherwise. The value is marked sensitive (never indexed by HTTP/2 header
+/// compression) and its plaintext copies are wiped.
+fn credential_header(
+    kind: ProviderKind,
+    snapshot: &Snapshot,
+    name: &str,
+) -> Result<(HeaderName, HeaderValue), UpstreamFailure> {
+    let credential = snapshot
+        .vault()
+        .open(name)
+        .map_err(|_| UpstreamFailure::Credential)?;
+    let secret = credential.expose_secret();
+    let (header_name, text) = match kind {
+        ProviderKind::Anthropic => (
+            HeaderName::from_static("x-api-key"),
+            Zeroizing::new(secret.to_vec()),
+        ),
+        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
+            let mut text = Zeroizing::new(Vec::with_capacity(7 + secret.len()));
+            text.extend_from_slice(b"Bearer ");
+            text.extend_from_slice(secret);
+            (header::AUTHORIZATION, text)
+        }
+    };
+    let mut value = HeaderValue::from_bytes(&text).map_err(|_| UpstreamFailure::Credential)?;
+    value.set_sensitive(true);
+    Ok((header_name, value))
+}
+
+/// The upstream response headers the client may see.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        let text = name.as_str();
+        if RESPONSE_HEADERS.contains(&text)
+            || RESPONSE_HEADER_PREFIXES.iter().any(|p| text.starts_with(p))
+        {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowlisted_response_headers_come_back() {
+        let mut upstream = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "text/event-stream"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("anthropic-ratelimit-tokens-limit", "1000"),
+            ("set-cookie", "session=abc"),
+            ("server", "upstream/1.0"),
+            ("x-request-id", "upstream-id"),
+            ("connection", "keep-alive"),
+        ] {
+            upstream.append(name, HeaderValue::from_static(value));
+        }
+        let out = response_headers(&upstream);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "x-ratelimit-remaining-requests",
+                "anthropic-ratelimit-tokens-limit"
+            ]
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Stage 4, inspect: read the body (bounded by [`super::accept::MAX_BODY`]) and take only
+//! what routing needs: the `model` and whether a stream is wanted. The body must be a JSON
+//! object with no repeated top-level key, so krouter and the upstream cannot read two
+//! different models out of one request. Guardrails (PII, prompt injection) join this stage
+//! later.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::accept::MAX_BODY;
+use crate::ctx::RequestCtx;
+use crate::dialect::Endpoint;
+use crate::error::Reject;
+
+/// Longest model name accepted.
+pub const MAX_MODEL: usize = 256;
+
+/// A request to be forwarded: its endpoint and its top-level fields, untouched.
+#[derive(Debug)]
+pub struct Inference {
+    /// The endpoint called.
+    pub endpoint: Endpoint,
+    /// The client's model name.
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    fields: Vec<(String, Box<RawValue>)>,
+}
+
+/// A JSON object's top-level fields in order, refusing repeated keys.
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+/// Reads and inspects the body.
+pub async fn body(
+    body: Incoming,
+    endpoint: Endpoint,
+    ctx: &mut RequestCtx,
+) -> Result<Inference, Reject> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(Reject::BodyTooLarge);
+        }
+        Err(_) => {
+            return Err(Reject::BadBody {
+                what: "The request body could not be read.",
+            });
+        }
+    };
+    let inference = parse(&bytes, endpoint)?;
+    ctx.model = Some(inference.model.clone());
+    ctx.stream = inference.stream;
+    Ok(inference)
+}
+
+/// Parses a request body for `endpoint`.
+pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<Inference, Reject> {
+    let Fields(fields) = serde_json::from_slice(bytes).map_err(|_| Reject::BadBody {
+        what: "The request body must be a JSON object with no repeated keys.",
+    })?;
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
+    let model: String = match field("model").map(serde_json::from_str) {
+        Some(Ok(model)) => model,
+        Some(Err(_)) => {
+            return Err(Reject::BadBody {
+                what: "'model' must be a string.",
+            });
+        }
+        None => {
+            return Err(Reject::BadBody {
+                what: "'model' is required.",
+            });
+        }
+    };
+    if model.is_empty() || model.len() > MAX_MODEL {
+        return Err(Reject::BadBody {
+            what: "'model' must be 1 to 256 bytes long.",
+        });
+    }
+    let stream = match field("stream").map(serde_json::from_str::<Option<bool>>) {
+        None | Some(Ok(None)) => false,
+        Some(Ok(Some(stream))) => stream,
+        Some(Err(_)) => {
+            return Err(Reject::BadBody {
+                what: "'stream' must be true or false.",
+            });
+        }
+    };
+    Ok(Inference {
+        endpoint,
+        model,
+        stream,
+        fields,
+    })
+}
+
+// === impl Inference ===
+
+impl Inference {
+    /// The body to send upstream: the client's fields in their order and exact bytes, with
+    /// `model` replaced by `upstream_model`.
+    pub fn body_for(&self, upstream_model: &str) -> Bytes {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + upstream_model.len() + 2);
+        out.push(b'{');
+        for (i, (key, value)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Serializing a &str into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, key);
+            out.push(b':');
+            if key == "model" {
+                let _ = serde_json::to_writer(&mut out, upstream_model);
+            } else {
+                out.extend_from_slice(value.get().as_bytes());
+            }
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
+// === impl Fields ===
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom("repeated key"));
+                    }
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: Endpoint = Endpoint::ChatCompletions;
+
+    #[test]
+    fn model_is_replaced_and_everything_else_kept_byte_for_byte() {
+        let body = br#"{"model":"alias","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#;
+        let inference = parse(body, CHAT).unwrap();
+        assert_eq!(inference.model, "alias");
+        assert!(inference.stream);
+        assert_eq!(
+            inference.body_for("real-model"),
+            Bytes::from_static(br#"{"model":"real-model","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#)
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_a_reason() {
+        for (body, what) in [
+            (&b"[]"[..], "JSON object"),
+            (b"{", "JSON object"),
+            (br#"{"model":"a","model":"b"}"#, "repeated"),
+            (br#"{"messages":[]}"#, "required"),
+            (br#"{"model":7}"#, "string"),
+            (br#"{"model":""}"#, "1 to 256"),
+            (br#"{"model":"a","stream":"yes"}"#, "true or false"),
+        ] {
+            match parse(body, CHAT) {
+                Err(Reject::BadBody { what: got }) => assert!(got.contains(what), "{got}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+            }
+        }
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL + 1));
+        assert!(parse(long.as_bytes(), CHAT).is_err());
+        assert!(
+            !parse(br#"{"model":"a","stream":null}"#, CHAT)
+                .unwrap()
+                .stream
+        );
+    }
+}

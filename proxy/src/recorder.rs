@@ -1,0 +1,114 @@
+//! The metadata writer: request rows go through a bounded queue to one thread that writes
+//! them to `state/state.sqlite` in batches, off the request path. When the queue is full a
+//! row is dropped and counted, never waited for: a slow disk must not slow requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use krouter_config::state::{RequestRow, StateDb};
+
+/// Rows waiting to be written, at most.
+pub const QUEUE: usize = 8192;
+/// Rows written per transaction, at most.
+const BATCH: usize = 512;
+
+/// The sending side, cloned into every request.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: Option<SyncSender<RequestRow>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The writer thread, joined at shutdown so queued rows are written.
+pub struct RecorderThread {
+    handle: JoinHandle<()>,
+}
+
+// === impl Recorder ===
+
+impl Recorder {
+    /// Starts the writer thread over `db`.
+    pub fn start(db: StateDb) -> std::io::Result<(Self, RecorderThread)> {
+        let (queue, rows) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let handle = std::thread::Builder::new()
+            .name("krouter-recorder".to_owned())
+            .spawn({
+                let dropped = Arc::clone(&dropped);
+                move || write_loop(db, &rows, &dropped)
+            })?;
+        Ok((
+            Self {
+                queue: Some(queue),
+                dropped,
+            },
+            RecorderThread { handle },
+        ))
+    }
+
+    /// A recorder that keeps nothing (for tests of the pipeline without a state database).
+    pub fn disabled() -> Self {
+        Self {
+            queue: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Queues `row`, or drops and counts it if the queue is full.
+    pub fn send(&self, row: RequestRow) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(row) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Rows dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+// === impl RecorderThread ===
+
+impl RecorderThread {
+    /// Waits until every queued row is written (all senders must be gone), at most `limit`.
+    pub fn finish(self, limit: Duration) {
+        let started = Instant::now();
+        while !self.handle.is_finished() && started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.handle.is_finished() {
+            let _ = self.handle.join();
+        } else {
+            tracing::warn!("request metadata not all written before shutdown");
+        }
+    }
+}
+
+fn write_loop(mut db: StateDb, rows: &Receiver<RequestRow>, dropped: &AtomicU64) {
+    let mut reported = 0;
+    while let Ok(first) = rows.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rows.try_recv() {
+                Ok(row) => batch.push(row),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = db.insert_requests(&batch) {
+            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%error, rows = batch.len(), "could not write request metadata");
+        }
+        let now = dropped.load(Ordering::Relaxed);
+        if now != reported {
+            tracing::warn!(dropped_total = now, "request metadata rows dropped");
+            reported = now;
+        }
+    }
+}

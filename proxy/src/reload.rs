@@ -1,0 +1,281 @@
+//! Live changes without a restart. A watcher thread looks every [`POLL`] at the store's data
+//! version and at the policy files' size, time and inode:
+//!
+//! - the store changed (a key created, revoked or rotated, a credential set or removed):
+//!   the keys and sealed credentials are read again and swapped in;
+//! - the policy or its signature changed: the files are verified, parsed and validated
+//!   exactly as at start-up, against the last accepted serial; a good policy is recorded in
+//!   the state database and swapped in, a bad one is logged with its reason (once per
+//!   version of the files) and the last good policy keeps serving.
+//!
+//! Swaps are atomic ([`crate::snapshot::Live`]); requests in flight keep the snapshot they
+//! started with.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use krouter_config::home::KrouterHome;
+use krouter_config::policy_files::{read_signed, read_trusted_dir, signature_path};
+use krouter_config::secret::load::{self, Vars};
+use krouter_config::state::StateDb;
+use krouter_config::store::StoreReader;
+use krouter_policy::{AcceptedPolicy, Policy};
+
+use crate::pipeline::Shared;
+use crate::snapshot::KeyTable;
+
+/// How often the watcher looks.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// The watcher's own state.
+pub struct Watcher {
+    home: KrouterHome,
+    vars: Vars,
+    listen: SocketAddr,
+    store: StoreReader,
+    state: StateDb,
+    store_version: Option<i64>,
+    policy_stamp: Stamp,
+    refused_stamp: Option<Stamp>,
+    store_failing: bool,
+}
+
+/// A running watcher; stopped and joined by [`WatcherHandle::stop`].
+pub struct WatcherHandle {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// What identifies one version of the policy files without reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<(u64, i64, i64, u64)>);
+
+// === impl Watcher ===
+
+impl Watcher {
+    /// A watcher over `home`'s policy and `store`, writing accepted serials to `state`.
+    pub fn new(
+        home: KrouterHome,
+        vars: Vars,
+        listen: SocketAddr,
+        store: StoreReader,
+        state: StateDb,
+    ) -> Self {
+        let policy_stamp = Stamp::of(&home.policy_file());
+        let store_version = store.data_version().ok();
+        Self {
+            home,
+            vars,
+            listen,
+            store,
+            state,
+            store_version,
+            policy_stamp,
+            refused_stamp: None,
+            store_failing: false,
+        }
+    }
+
+    /// Starts watching on its own thread.
+    pub fn spawn(mut self, shared: Arc<Shared>) -> std::io::Result<WatcherHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("krouter-reload".to_owned())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        self.tick(&shared);
+                        std::thread::sleep(POLL);
+                    }
+                }
+            })?;
+        Ok(WatcherHandle { stop, thread })
+    }
+
+    /// One look at the store and the policy.
+    pub fn tick(&mut self, shared: &Shared) {
+        self.tick_store(shared);
+        self.tick_policy(shared);
+    }
+
+    fn tick_store(&mut self, shared: &Shared) {
+        let version = match self.store.data_version() {
+            Ok(version) => Some(version),
+            Err(error) => {
+                self.store_failed(shared, &error.to_string());
+                return;
+            }
+        };
+        if version == self.store_version && !self.store_failing {
+            return;
+        }
+        match self.read_store() {
+            Ok((keys, vault)) => {
+                let current = shared.live.load();
+                for provider in current.policy().providers() {
+                    if let Some(name) = provider.credential()
+                        && !vault.contains(name)
+                    {
+                        tracing::warn!(
+                            provider = provider.name(),
+                            credential = name,
+                            "the policy names a credential the store no longer has; requests to this provider fail until it is set again"
+                        );
+                    }
+                }
+                tracing::info!(keys = keys.len(), "store change applied");
+                shared.live.store(current.with_store(keys, vault));
+                shared.live.set_store_readable(true);
+                self.store_failing = false;
+                self.store_version = version;
+            }
+            Err(error) => self.store_failed(shared, &error),
+        }
+    }
+
+    fn read_store(&mut self) -> Result<(KeyTable, krouter_config::store::CredentialVault), String> {
+        if self.store.check_key().is_err() {
+            // `store rekey` ran: the new storage key is where the old one was read from.
+            self.reopen_store()?;
+        }
+        let keys = self.store.api_keys().map_err(|e| e.to_string())?;
+        let vault = self.store.vault().map_err(|e| e.to_string())?;
+        Ok((KeyTable::new(keys), vault))
+    }
+
+    fn reopen_store(&mut self) -> Result<(), String> {
+        let key =
+            load::storage_key(&self.vars, &self.home.secrets_dir()).map_err(|e| e.to_string())?;
+        self.store = StoreReader::open(&self.home.store_file(), &key).map_err(|e| {
+            format!("{e} (after `store rekey`, give krouter the new storage key and restart it)")
+        })?;
+        tracing::info!("store reopened under its new storage key");
+        Ok(())
+    }
+
+    fn store_failed(&mut self, shared: &Shared, error: &str) {
+        if !self.store_failing {
+            tracing::error!(
+                error,
+                "cannot read the store; serving with the last good keys and credentials"
+            );
+        }
+        self.store_failing = true;
+        shared.live.set_store_readable(false);
+    }
+
+    fn tick_policy(&mut self, shared: &Shared) {
+        let stamp = Stamp::of(&self.home.policy_file());
+        if stamp == self.policy_stamp {
+            return;
+        }
+        self.policy_stamp = stamp.clone();
+        let current = shared.live.load();
+        match self.load_policy(current.vault()) {
+            Ok(policy) => {
+                let old = current.policy();
+                if policy.serial() == old.serial() && policy.digest() == old.digest() {
+                    return;
+                }
+                let accepted = AcceptedPolicy::new(policy.serial(), policy.digest());
+                if let Err(error) = self.state.record_accepted(&accepted) {
+                    tracing::error!(%error, "could not record the accepted policy; keeping the one in force");
+                    return;
+                }
+                tracing::info!(
+                    serial = policy.serial().get(),
+                    previous_serial = old.serial().get(),
+                    "policy applied"
+                );
+                shared.live.store(current.with_policy(policy));
+                self.refused_stamp = None;
+            }
+            Err(reason) => {
+                if self.refused_stamp.as_ref() != Some(&stamp) {
+                    tracing::warn!(
+                        reason,
+                        serial_in_force = current.policy().serial().get(),
+                        "new policy refused; the last good policy keeps serving"
+                    );
+                    self.refused_stamp = Some(stamp);
+                }
+            }
+        }
+    }
+
+    fn load_policy(
+        &self,
+        credentials: &dyn krouter_policy::CredentialNames,
+    ) -> Result<Policy, String> {
+        let trusted = read_trusted_dir(&self.home.trusted_dir()).map_err(|e| chain(&e))?;
+        let files = read_signed(&self.home.policy_file(), None).map_err(|e| chain(&e))?;
+        let accepted = self.state.accepted().map_err(|e| chain(&e))?;
+        let policy =
+            krouter_policy::load(files.as_files(), &trusted, accepted.as_ref(), credentials)
+                .map_err(|e| policy_reason(&e))?;
+        if !self.listen.ip().is_loopback() && !policy.access().require_api_keys() {
+            return Err(format!(
+                "it does not require API keys while krouter listens on {}, which is not a loopback address",
+                self.listen
+            ));
+        }
+        Ok(policy)
+    }
+}
+
+// === impl WatcherHandle ===
+
+impl WatcherHandle {
+    /// Stops the watcher and waits for it.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+// === impl Stamp ===
+
+impl Stamp {
+    fn of(policy: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let files = [policy.to_owned(), signature_path(policy)];
+        Self(
+            files
+                .iter()
+                .map(|path| match std::fs::metadata(path) {
+                    Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
+                    Err(_) => (0, 0, 0, 0),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A policy error with every validation problem, on one line.
+pub fn policy_reason(error: &krouter_policy::Error) -> String {
+    let mut text = chain(error);
+    if let krouter_policy::Error::Invalid(problems) = error {
+        for line in problems.lines() {
+            text.push_str("; ");
+            text.push_str(&line);
+        }
+    }
+    text
+}

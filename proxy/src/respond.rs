@@ -1,0 +1,176 @@
+//! The one place that turns a [`Reject`] into what the client sees: a status, the dialect's
+//! error object with a fixed client-safe message, and the request id. The match is
+//! exhaustive, so a new rejection cannot reach a client without a decision here. Nothing
+//! from an upstream body, a credential or an internal error text is ever copied into it.
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::dialect::{Dialect, ErrorKind};
+use crate::error::{Reject, UpstreamFailure};
+
+/// The response header carrying the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Status, error kind and message for `reject`.
+pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
+    use ErrorKind as K;
+    use StatusCode as S;
+    match reject {
+        Reject::NoRoute => (
+            S::NOT_FOUND,
+            K::NotFound,
+            "Unknown endpoint. krouter serves /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/models, /v1/messages and /v1/messages/count_tokens.",
+        ),
+        Reject::AddressDenied => (
+            S::FORBIDDEN,
+            K::Permission,
+            "Requests from this address are not allowed.",
+        ),
+        Reject::MissingKey => (
+            S::UNAUTHORIZED,
+            K::Authentication,
+            "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+        ),
+        Reject::InvalidKey => (S::UNAUTHORIZED, K::Authentication, "Invalid API key."),
+        Reject::ConflictingKeys => (
+            S::UNAUTHORIZED,
+            K::Authentication,
+            "The Authorization and x-api-key headers carry different keys; send one.",
+        ),
+        Reject::RevokedKey => (
+            S::UNAUTHORIZED,
+            K::Authentication,
+            "This API key has been revoked.",
+        ),
+        Reject::ExpiredKey => (
+            S::UNAUTHORIZED,
+            K::Authentication,
+            "This API key has expired.",
+        ),
+        Reject::ModelNotAllowed => (
+            S::FORBIDDEN,
+            K::Permission,
+            "This API key may not use this model.",
+        ),
+        Reject::BodyTooLarge => (
+            S::PAYLOAD_TOO_LARGE,
+            K::TooLarge,
+            "The request body is too large.",
+        ),
+        Reject::BadBody { what } => (S::BAD_REQUEST, K::InvalidRequest, what),
+        Reject::UnknownModel => (
+            S::NOT_FOUND,
+            K::NotFound,
+            "The model does not exist or you do not have access to it.",
+        ),
+        Reject::WrongDialect => (
+            S::BAD_REQUEST,
+            K::InvalidRequest,
+            "This model is not served over this API; use the API of its provider.",
+        ),
+        Reject::Upstream(failure) => match failure {
+            UpstreamFailure::Connect => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider could not be reached.",
+            ),
+            UpstreamFailure::AddressRefused => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider's address is not allowed.",
+            ),
+            UpstreamFailure::Timeout => (
+                S::GATEWAY_TIMEOUT,
+                K::Timeout,
+                "The upstream provider did not answer in time.",
+            ),
+            UpstreamFailure::ServerError(_) => {
+                (S::BAD_GATEWAY, K::Upstream, "The upstream provider failed.")
+            }
+            UpstreamFailure::RateLimited => (
+                S::TOO_MANY_REQUESTS,
+                K::RateLimit,
+                "The upstream provider is rate limiting; retry later.",
+            ),
+            UpstreamFailure::Redirect => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider answered with a redirect, which krouter does not follow.",
+            ),
+            UpstreamFailure::OversizedError => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider's error response was too large to relay.",
+            ),
+            UpstreamFailure::Credential => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "krouter has no usable credential for the upstream provider.",
+            ),
+        },
+        Reject::Internal { .. } => (
+            S::INTERNAL_SERVER_ERROR,
+            K::Internal,
+            "krouter failed to handle the request.",
+        ),
+    }
+}
+
+/// The response for `reject`, in the context's dialect, with its request id.
+pub fn reject(reject: &Reject, ctx: &mut RequestCtx) -> Response<Body> {
+    let (status, kind, message) = describe(reject);
+    ctx.status = status.as_u16();
+    let mut response = json(status, ctx.dialect.error_body(kind, message), ctx);
+    if status == StatusCode::UNAUTHORIZED && ctx.dialect == Dialect::OpenAi {
+        response
+            .headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// A JSON response krouter writes itself.
+pub fn json(status: StatusCode, body: bytes::Bytes, ctx: &mut RequestCtx) -> Response<Body> {
+    ctx.status = status.as_u16();
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    stamp(&mut response, ctx);
+    response
+}
+
+/// Adds the request id to a response.
+pub fn stamp<B>(response: &mut Response<B>, ctx: &RequestCtx) {
+    if let Ok(value) = HeaderValue::from_str(ctx.id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_message_is_fixed_text() {
+        // The messages are &'static str by type; spot-check the statuses that SDKs act on.
+        assert_eq!(describe(&Reject::MissingKey).0, StatusCode::UNAUTHORIZED);
+        assert_eq!(describe(&Reject::ModelNotAllowed).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            describe(&Reject::Upstream(UpstreamFailure::RateLimited)).0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            describe(&Reject::Upstream(UpstreamFailure::Timeout)).0,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            describe(&Reject::Internal { what: "x" }).2,
+            "krouter failed to handle the request."
+        );
+    }
+}
