@@ -11,7 +11,9 @@
 )]
 
 pub mod bins;
+pub mod client;
 pub mod home;
+pub mod krouter;
 pub mod leak;
 pub mod tls;
 pub mod upstream;

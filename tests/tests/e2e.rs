@@ -13,5 +13,8 @@ mod e2e {
     mod conventions;
     mod policy_cli;
     mod proxy_check;
+    mod proxy_live;
+    mod proxy_serve;
+    mod sdk;
     mod store_cli;
 }
