@@ -150,6 +150,13 @@ impl StateDb {
             .map_err(|e| sqlite(path, "commit the request rows", e))
     }
 
+    /// Deletes request rows older than `before_ms` (unix milliseconds); returns how many.
+    pub fn prune_requests(&self, before_ms: i64) -> Result<usize, Error> {
+        self.conn
+            .execute("DELETE FROM requests WHERE at < ?1", params![before_ms])
+            .map_err(|e| sqlite(&self.path, "delete old request rows", e))
+    }
+
     /// The newest `limit` request rows, newest first (for reports and tests).
     pub fn recent_requests(&self, limit: u32) -> Result<Vec<RequestRow>, Error> {
         let path = &self.path;
@@ -260,5 +267,7 @@ mod tests {
         // Values beyond SQLite's range are clamped, never wrapped.
         assert_eq!(rows[1].tokens_out, Some(i64::MAX as u64));
         assert_eq!(rows[1].request_id, "req_1");
+        assert_eq!(db.prune_requests(2).unwrap(), 1);
+        assert_eq!(db.recent_requests(10).unwrap(), vec![second]);
     }
 }

@@ -33,6 +33,9 @@ pub mod snapshot;
 pub mod startup;
 pub mod upstream;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::{Error, Origin, Reject, UpstreamFailure};
 
 use pipeline::Shared;

@@ -1,6 +1,7 @@
 //! The metadata writer: request rows go through a bounded queue to one thread that writes
 //! them to `state/state.sqlite` in batches, off the request path. When the queue is full a
-//! row is dropped and counted, never waited for: a slow disk must not slow requests.
+//! row is dropped and counted, never waited for: a slow disk must not slow requests. Rows
+//! older than the policy's retention are deleted every ten minutes (and at the first row).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +15,13 @@ use krouter_config::state::{RequestRow, StateDb};
 pub const QUEUE: usize = 8192;
 /// Rows written per transaction, at most.
 const BATCH: usize = 512;
+/// How often rows older than the policy's retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The sending side, cloned into every request.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: Option<SyncSender<RequestRow>>,
+    queue: Option<SyncSender<(Duration, RequestRow)>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -57,10 +60,11 @@ impl Recorder {
         }
     }
 
-    /// Queues `row`, or drops and counts it if the queue is full.
-    pub fn send(&self, row: RequestRow) {
+    /// Queues `row`, to be kept for `retention` (the policy's `[logging] retention_days`),
+    /// or drops and counts it if the queue is full.
+    pub fn send(&self, retention: Duration, row: RequestRow) {
         let Some(queue) = &self.queue else { return };
-        match queue.try_send(row) {
+        match queue.try_send((retention, row)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -91,15 +95,29 @@ impl RecorderThread {
     }
 }
 
-fn write_loop(mut db: StateDb, rows: &Receiver<RequestRow>, dropped: &AtomicU64) {
+fn write_loop(mut db: StateDb, rows: &Receiver<(Duration, RequestRow)>, dropped: &AtomicU64) {
     let mut reported = 0;
-    while let Ok(first) = rows.recv() {
+    let mut pruned: Option<Instant> = None;
+    while let Ok((mut retention, first)) = rows.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rows.try_recv() {
-                Ok(row) => batch.push(row),
+                Ok((kept_for, row)) => {
+                    retention = kept_for;
+                    batch.push(row);
+                }
                 Err(_) => break,
             }
+        }
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let before = crate::ctx::now_ms().saturating_sub(keep_ms);
+            match db.prune_requests(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "old request metadata removed"),
+                Err(error) => tracing::warn!(%error, "could not remove old request metadata"),
+            }
+            pruned = Some(Instant::now());
         }
         if let Err(error) = db.insert_requests(&batch) {
             dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);

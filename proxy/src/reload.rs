@@ -29,7 +29,7 @@ use crate::pipeline::Shared;
 use crate::snapshot::KeyTable;
 
 /// How often the watcher looks.
-pub const POLL: Duration = Duration::from_millis(250);
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// The watcher's own state.
 pub struct Watcher {

@@ -36,6 +36,13 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
         .keys()
         .find(&digest)
         .ok_or(Reject::InvalidKey)?;
+    let group = policy.access().group(&entry.group);
+    // Known from here on, so that a refused revoked or expired key is logged by its id.
+    ctx.caller = Some(Caller {
+        key_id: Some(entry.id.clone()),
+        group: Some(entry.group.clone()),
+        no_log: group.is_some_and(|g| g.no_log()),
+    });
     if entry.revoked_at.is_some() {
         return Err(Reject::RevokedKey);
     }
@@ -43,12 +50,6 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
     if entry.expires_at.is_some_and(|at| now >= at) {
         return Err(Reject::ExpiredKey);
     }
-    let group = policy.access().group(&entry.group);
-    ctx.caller = Some(Caller {
-        key_id: Some(entry.id.clone()),
-        group: Some(entry.group.clone()),
-        no_log: group.is_some_and(|g| g.no_log()),
-    });
     Ok(())
 }
 

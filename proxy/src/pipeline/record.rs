@@ -1,7 +1,8 @@
 //! Stage 8, record: one log line and one metadata row per request, when its response has
 //! ended. Metadata only: time, request id, key id, group, model, provider, upstream model,
 //! status, latency, time to first byte, tokens. Never a body, never a key. A group with
-//! `no_log = true` gets no row and a log line without key, group or model. Recording never
+//! `no_log = true` gets no row and a log line without key, group or model, and a policy with
+//! `[logging] request_metadata = false` keeps no rows at all. Recording never
 //! fails or delays a response: the row goes to the bounded [`Recorder`] queue.
 
 use krouter_config::state::RequestRow;
@@ -40,20 +41,27 @@ pub fn finish(ctx: &RequestCtx, recorder: &Recorder, reject: Option<&Reject>) {
             cut_short = ctx.cut_short,
             "request"
         );
-        recorder.send(RequestRow {
-            at_ms: ctx.at_ms,
-            request_id: ctx.id.as_str().to_owned(),
-            key_id: caller.and_then(|c| c.key_id.clone()),
-            group: caller.and_then(|c| c.group.clone()),
-            model: ctx.model.clone(),
-            provider: ctx.provider.clone(),
-            upstream_model: ctx.upstream_model.clone(),
-            status: ctx.status,
-            latency_ms,
-            ttfb_ms,
-            tokens_in: ctx.usage.input,
-            tokens_out: ctx.usage.output,
-        });
+        let logging = ctx.snapshot.policy().logging();
+        if !logging.request_metadata() {
+            return;
+        }
+        recorder.send(
+            logging.retention(),
+            RequestRow {
+                at_ms: ctx.at_ms,
+                request_id: ctx.id.as_str().to_owned(),
+                key_id: caller.and_then(|c| c.key_id.clone()),
+                group: caller.and_then(|c| c.group.clone()),
+                model: ctx.model.clone(),
+                provider: ctx.provider.clone(),
+                upstream_model: ctx.upstream_model.clone(),
+                status: ctx.status,
+                latency_ms,
+                ttfb_ms,
+                tokens_in: ctx.usage.input,
+                tokens_out: ctx.usage.output,
+            },
+        );
     } else {
         tracing::info!(
             request_id = ctx.id.as_str(),

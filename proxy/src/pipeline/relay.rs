@@ -80,16 +80,11 @@ pub fn response(answer: Answer, mut ctx: RequestCtx, on_end: OnEnd) -> Response<
                 ctx,
                 on_end: Some(on_end),
             };
-            let mut response = Response::new(Body::Relay(Box::new(body)));
+            let mut response = Response::new(());
             *response.status_mut() = parts.status;
             *response.headers_mut() = headers;
-            if let Body::Relay(relay) = response.body() {
-                let id = relay.ctx.id.clone();
-                if let Ok(value) = http::HeaderValue::from_str(id.as_str()) {
-                    response.headers_mut().insert(respond::REQUEST_ID, value);
-                }
-            }
-            response
+            respond::stamp(&mut response, &body.ctx);
+            response.map(|()| Body::Relay(Box::new(body)))
         }
     }
 }
