@@ -14,6 +14,15 @@ pub fn report(loaded: &Loaded) -> String {
     let _ = writeln!(out, "  home        {}", loaded.home.root().display());
     let _ = writeln!(out, "  listen      {}", loaded.settings.listen());
     let _ = writeln!(out, "  log format  {}", loaded.settings.log_format());
+    let _ = writeln!(
+        out,
+        "  upstream CA public roots{}",
+        loaded
+            .settings
+            .upstream_ca_file()
+            .map(|p| format!(" + {}", p.display()))
+            .unwrap_or_default()
+    );
     for (name, origin) in &loaded.secrets {
         let _ = writeln!(out, "  secret      {name}: set ({origin})");
     }

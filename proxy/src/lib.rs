@@ -42,7 +42,6 @@ use pipeline::Shared;
 use recorder::Recorder;
 use reload::Watcher;
 use snapshot::{KeyTable, Live, Snapshot};
-use upstream::Upstream;
 
 /// The version printed by `krouter --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -60,10 +59,10 @@ pub async fn run(
         store,
         policy,
         api_key_secret,
+        upstream,
         ..
     } = loaded;
     let listen = settings.listen();
-    let upstream = Upstream::new(settings.upstream_ca_file())?;
 
     let state_file = home.state_file();
     let state = StateDb::open(&state_file)?;

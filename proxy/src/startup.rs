@@ -16,6 +16,7 @@ use krouter_config::store::StoreReader;
 use krouter_policy::{AcceptedPolicy, Policy};
 
 use crate::error::Error;
+use crate::upstream::Upstream;
 
 /// Everything start-up loaded.
 pub struct Loaded {
@@ -33,6 +34,8 @@ pub struct Loaded {
     pub previously_accepted: Option<AcceptedPolicy>,
     /// `API_KEY_SECRET`, which turns a presented key into its digest.
     pub api_key_secret: ApiKeySecret,
+    /// The upstream client (its TLS roots, including `upstream_ca_file`, already loaded).
+    pub upstream: Upstream,
 }
 
 /// Loads and checks everything, writing nothing.
@@ -64,6 +67,8 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         &credentials,
     )?;
 
+    let upstream = Upstream::new(settings.upstream_ca_file())?;
+
     let listen = settings.listen();
     if !listen.ip().is_loopback() && !policy.access().require_api_keys() {
         return Err(Error::PublicWithoutKeys { listen });
@@ -76,5 +81,6 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         policy,
         previously_accepted,
         api_key_secret,
+        upstream,
     })
 }
