@@ -64,8 +64,11 @@ impl StateDb {
             .map_err(|e| sqlite(path, "open the state database", e))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| sqlite(path, "set the busy timeout", e))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .map_err(|e| sqlite(path, "set the state database's pragmas", e))?;
+        // A small page cache: the proxy appends rows and reads one; it needs no more.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -256;",
+        )
+        .map_err(|e| sqlite(path, "set the state database's pragmas", e))?;
         crate::store::schema::apply(&conn, path, MIGRATIONS, KNOWN)?;
         Ok(Self {
             conn,

@@ -13,6 +13,8 @@ use crate::error::{Reject, UpstreamFailure};
 
 /// The response header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The header the Anthropic SDKs read the request id from (`Message._request_id`).
+pub const ANTHROPIC_REQUEST_ID: &str = "request-id";
 
 /// Status, error kind and message for `reject`.
 pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
@@ -144,9 +146,15 @@ pub fn json(status: StatusCode, body: bytes::Bytes, ctx: &mut RequestCtx) -> Res
     response
 }
 
-/// Adds the request id to a response.
+/// Adds the request id to a response: `x-request-id` always, and `request-id` too for
+/// Anthropic clients, whose SDKs read that one.
 pub fn stamp<B>(response: &mut Response<B>, ctx: &RequestCtx) {
     if let Ok(value) = HeaderValue::from_str(ctx.id.as_str()) {
+        if ctx.dialect == Dialect::Anthropic {
+            response
+                .headers_mut()
+                .insert(ANTHROPIC_REQUEST_ID, value.clone());
+        }
         response.headers_mut().insert(REQUEST_ID, value);
     }
 }
