@@ -93,9 +93,13 @@ pub enum Reject {
     /// The key is malformed, has a bad checksum, or is not known.
     #[error("invalid API key")]
     InvalidKey,
-    /// `Authorization` and `x-api-key` carry different keys.
-    #[error("two different API keys")]
+    /// More than one key was sent (`Authorization` and `x-api-key` differ, or a header
+    /// is repeated).
+    #[error("more than one API key")]
     ConflictingKeys,
+    /// A browser request (it carries `Origin`) to a policy that does not require keys.
+    #[error("browser request without an API key")]
+    BrowserWithoutKey,
     /// The key was revoked.
     #[error("revoked API key")]
     RevokedKey,
@@ -157,9 +161,17 @@ pub enum UpstreamFailure {
     /// The upstream's error body was larger than krouter relays.
     #[error("upstream error body too large")]
     OversizedError,
-    /// The provider's credential is missing from the store or does not decrypt.
+    /// The provider's credential is missing from the store, does not decrypt, or is of
+    /// another provider kind.
     #[error("the provider credential is unavailable")]
     Credential,
+    /// The upstream refused krouter's credential (401, 403, 407). Its body is not relayed:
+    /// it may echo part of the credential, and the client's own key was fine.
+    #[error("upstream refused the provider credential")]
+    CredentialRefused,
+    /// The connection broke after the request may have reached the upstream.
+    #[error("the upstream connection broke")]
+    Broken,
 }
 
 /// Who caused a rejection: decides the log level and whether it counts against the client.
@@ -184,6 +196,7 @@ impl Reject {
             | Self::MissingKey
             | Self::InvalidKey
             | Self::ConflictingKeys
+            | Self::BrowserWithoutKey
             | Self::RevokedKey
             | Self::ExpiredKey
             | Self::ModelNotAllowed
@@ -191,7 +204,8 @@ impl Reject {
             | Self::BadBody { .. }
             | Self::UnknownModel
             | Self::WrongDialect => Origin::Client,
-            Self::Upstream(UpstreamFailure::Credential) | Self::Internal { .. } => Origin::Internal,
+            Self::Upstream(UpstreamFailure::Credential | UpstreamFailure::CredentialRefused)
+            | Self::Internal { .. } => Origin::Internal,
             Self::Upstream(_) => Origin::Upstream,
         }
     }
@@ -201,8 +215,9 @@ impl Reject {
 
 impl UpstreamFailure {
     /// Whether the next target may be tried: on a failure to connect or to answer in time,
-    /// a 5xx or a 429 (and a target krouter cannot authenticate to). A redirect or an
-    /// oversized client-error body is the upstream's final answer. All of these happen
+    /// a 5xx or a 429 (and a target krouter cannot authenticate to). A redirect, an
+    /// oversized client-error body, or a connection that broke after the request may have
+    /// been taken, is final. All of these happen
     /// before the client has seen a byte; once it has, there is no failure value left to
     /// ask (the relay can only end the stream).
     pub fn falls_back(self) -> bool {
@@ -212,8 +227,9 @@ impl UpstreamFailure {
             | Self::Timeout
             | Self::ServerError(_)
             | Self::RateLimited
-            | Self::Credential => true,
-            Self::Redirect | Self::OversizedError => false,
+            | Self::Credential
+            | Self::CredentialRefused => true,
+            Self::Redirect | Self::OversizedError | Self::Broken => false,
         }
     }
 }

@@ -73,6 +73,8 @@ pub async fn run(
             source,
         })?;
 
+    // Taken before the keys are read, so the watcher re-reads anything committed meanwhile.
+    let store_version = store.data_version().ok();
     let keys = KeyTable::new(store.api_keys()?);
     let vault = store.vault()?;
     let serial = policy.serial().get();
@@ -89,7 +91,7 @@ pub async fn run(
     let bound: SocketAddr = listener
         .local_addr()
         .map_err(|source| Error::Bind { listen, source })?;
-    let watcher = Watcher::new(home, vars, listen, store, state)
+    let watcher = Watcher::new(home, &vars, listen, store, state, store_version)
         .spawn(Arc::clone(&shared))
         .map_err(|source| Error::Start {
             what: "the reload watcher",
@@ -102,7 +104,8 @@ pub async fn run(
     watcher.stop();
     let dropped = shared.recorder.dropped();
     drop(shared);
-    recorder_thread.finish(Duration::from_secs(10));
+    let _joined =
+        tokio::task::spawn_blocking(move || recorder_thread.finish(Duration::from_secs(3))).await;
     tracing::info!(metadata_rows_dropped = dropped, "stopped");
     Ok(())
 }

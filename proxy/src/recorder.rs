@@ -5,8 +5,8 @@
 //! older than the policy's retention are deleted every ten minutes (and at the first row).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ pub struct Recorder {
 /// The writer thread, joined at shutdown so queued rows are written.
 pub struct RecorderThread {
     handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 // === impl Recorder ===
@@ -41,18 +42,20 @@ impl Recorder {
     pub fn start(db: StateDb) -> std::io::Result<(Self, RecorderThread)> {
         let (queue, rows) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
             .name("krouter-recorder".to_owned())
             .spawn({
                 let dropped = Arc::clone(&dropped);
-                move || write_loop(db, &rows, &dropped)
+                let stop = Arc::clone(&stop);
+                move || write_loop(db, &rows, &dropped, &stop)
             })?;
         Ok((
             Self {
                 queue: Some(queue),
                 dropped,
             },
-            RecorderThread { handle },
+            RecorderThread { handle, stop },
         ))
     }
 
@@ -85,8 +88,10 @@ impl Recorder {
 // === impl RecorderThread ===
 
 impl RecorderThread {
-    /// Waits until every queued row is written (all senders must be gone), at most `limit`.
+    /// Writes what is queued and stops (even if a sender is still alive), waiting at most
+    /// `limit`. Blocks: call it off the async workers.
     pub fn finish(self, limit: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
         let started = Instant::now();
         while !self.handle.is_finished() && started.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(10));
@@ -99,11 +104,23 @@ impl RecorderThread {
     }
 }
 
-fn write_loop(mut db: StateDb, rows: &Receiver<(Duration, RequestRow)>, dropped: &AtomicU64) {
+fn write_loop(
+    mut db: StateDb,
+    rows: &Receiver<(Duration, RequestRow)>,
+    dropped: &AtomicU64,
+    stop: &AtomicBool,
+) {
     let mut reported = 0;
     let mut pruned: Option<Instant> = None;
-    while let Ok((mut retention, first)) = rows.recv() {
-        std::thread::sleep(WINDOW);
+    loop {
+        let (mut retention, first) = match rows.recv_timeout(WINDOW) {
+            Ok(row) => row,
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        };
+        if !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(WINDOW);
+        }
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rows.try_recv() {

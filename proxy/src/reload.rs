@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use krouter_config::home::KrouterHome;
 use krouter_config::policy_files::{read_signed, read_trusted_dir, signature_path};
+use krouter_config::secret::SecretName;
 use krouter_config::secret::load::{self, Vars};
 use krouter_config::state::StateDb;
 use krouter_config::store::StoreReader;
@@ -39,6 +40,7 @@ pub struct Watcher {
     store: StoreReader,
     state: StateDb,
     store_version: Option<i64>,
+    store_file: Option<(u64, u64)>,
     policy_stamp: Stamp,
     refused_stamp: Option<Stamp>,
     store_failing: bool,
@@ -50,26 +52,36 @@ pub struct WatcherHandle {
     thread: JoinHandle<()>,
 }
 
-/// What identifies one version of the policy files without reading them.
+/// What identifies one version of the policy files (and the trusted keys directory) without
+/// reading them: size, modification and change times, inode and device of each.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<(u64, i64, i64, u64)>);
+struct Stamp(Vec<[i64; 7]>);
 
 // === impl Watcher ===
 
 impl Watcher {
     /// A watcher over `home`'s policy and `store`, writing accepted serials to `state`.
+    ///
+    /// `store_version` is the store's data version taken before the snapshot in force read
+    /// its keys, so that a change committed in between is not missed.
     pub fn new(
         home: KrouterHome,
-        vars: Vars,
+        vars: &Vars,
         listen: SocketAddr,
         store: StoreReader,
         state: StateDb,
+        store_version: Option<i64>,
     ) -> Self {
-        let policy_stamp = Stamp::of(&home.policy_file());
-        let store_version = store.data_version().ok();
+        let policy_stamp = Stamp::of(&home.policy_file(), &home.trusted_dir());
+        let store_file = file_id(&home.store_file());
+        // Only what re-reading the storage key after `store rekey` needs.
+        let names = [SecretName::StorageKey.var()];
+        let file_var = format!("{}_FILE", SecretName::StorageKey.var());
+        let vars = vars.only(&[names[0], file_var.as_str()]);
         Self {
             home,
             vars,
+            store_file,
             listen,
             store,
             state,
@@ -104,6 +116,21 @@ impl Watcher {
     }
 
     fn tick_store(&mut self, shared: &Shared) {
+        // A store file replaced (renamed over, or a mounted secret's symlink swapped) or
+        // removed is not visible through the open connection: watch the path too.
+        let on_disk = file_id(&self.home.store_file());
+        if on_disk.is_none() {
+            self.store_failed(shared, "the store file is gone");
+            return;
+        }
+        if on_disk != self.store_file {
+            if let Err(error) = self.reopen_store() {
+                self.store_failed(shared, &error);
+                return;
+            }
+            self.store_file = on_disk;
+            self.store_version = None;
+        }
         let version = match self.store.data_version() {
             Ok(version) => Some(version),
             Err(error) => {
@@ -154,7 +181,7 @@ impl Watcher {
         self.store = StoreReader::open(&self.home.store_file(), &key).map_err(|e| {
             format!("{e} (after `store rekey`, give krouter the new storage key and restart it)")
         })?;
-        tracing::info!("store reopened under its new storage key");
+        tracing::info!("store reopened");
         Ok(())
     }
 
@@ -170,7 +197,7 @@ impl Watcher {
     }
 
     fn tick_policy(&mut self, shared: &Shared) {
-        let stamp = Stamp::of(&self.home.policy_file());
+        let stamp = Stamp::of(&self.home.policy_file(), &self.home.trusted_dir());
         if stamp == self.policy_stamp {
             return;
         }
@@ -241,19 +268,38 @@ impl WatcherHandle {
 // === impl Stamp ===
 
 impl Stamp {
-    fn of(policy: &Path) -> Self {
+    fn of(policy: &Path, trusted: &Path) -> Self {
         use std::os::unix::fs::MetadataExt as _;
-        let files = [policy.to_owned(), signature_path(policy)];
+        let paths = [
+            policy.to_owned(),
+            signature_path(policy),
+            trusted.to_owned(),
+        ];
+        let wide = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         Self(
-            files
+            paths
                 .iter()
                 .map(|path| match std::fs::metadata(path) {
-                    Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
-                    Err(_) => (0, 0, 0, 0),
+                    Ok(m) => [
+                        wide(m.len()),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                        wide(m.ino()),
+                        wide(m.dev()),
+                    ],
+                    Err(_) => [0; 7],
                 })
                 .collect(),
         )
     }
+}
+
+/// `(device, inode)` of `path`, following symlinks; `None` if it cannot be read.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// An error and its causes on one line.

@@ -40,7 +40,12 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
         Reject::ConflictingKeys => (
             S::UNAUTHORIZED,
             K::Authentication,
-            "The Authorization and x-api-key headers carry different keys; send one.",
+            "Send one API key, in either 'Authorization: Bearer' or 'x-api-key', once.",
+        ),
+        Reject::BrowserWithoutKey => (
+            S::FORBIDDEN,
+            K::Permission,
+            "Requests from web pages need an API key.",
         ),
         Reject::RevokedKey => (
             S::UNAUTHORIZED,
@@ -106,6 +111,16 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
                 S::BAD_GATEWAY,
                 K::Upstream,
                 "The upstream provider's error response was too large to relay.",
+            ),
+            UpstreamFailure::CredentialRefused => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider refused krouter's credential for it.",
+            ),
+            UpstreamFailure::Broken => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The connection to the upstream provider broke.",
             ),
             UpstreamFailure::Credential => (
                 S::BAD_GATEWAY,

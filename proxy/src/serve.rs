@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use crate::pipeline::{self, Shared};
 
 /// How long requests in flight may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Below Kubernetes' default 30 s termination grace, leaving time to write metadata.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Time allowed for a client to send a request head.

@@ -4,13 +4,15 @@
 //! Redirects are never followed: hyper's client does not follow them, and the forward stage
 //! treats a 3xx as the final answer.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -20,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use tokio::sync::oneshot;
 
 pub mod connect;
 
@@ -29,12 +32,14 @@ use connect::SsrfResolver;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-type HyperClient = Client<HttpsConnector<HttpConnector<SsrfResolver>>, Full<Bytes>>;
+/// The longest connect any policy may ask for (`connect_timeout_ms` is at most 120 s).
+const MAX_CONNECT: Duration = Duration::from_secs(120);
 
-/// The shared upstream client: one connection pool per connect timeout in use.
+type HyperClient = Client<HttpsConnector<HttpConnector<SsrfResolver>>, SignalBody>;
+
+/// The shared upstream client: one connection pool for every provider.
 pub struct Upstream {
-    tls: Arc<ClientConfig>,
-    clients: Mutex<HashMap<Duration, HyperClient>>,
+    client: HyperClient,
 }
 
 /// Why the upstream client could not be built.
@@ -86,44 +91,77 @@ impl Upstream {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {
-            tls: Arc::new(tls),
-            clients: Mutex::new(HashMap::new()),
+            client: build(Arc::new(tls)),
         })
     }
 
-    /// Sends `request`, waiting at most `connect` to connect and `first_byte` after that
-    /// for the response head.
+    /// Sends `request`. The connect phase (pool checkout, TCP, TLS) may take `connect`;
+    /// once hyper starts writing the request, the response head must arrive within
+    /// `first_byte`.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         connect: Duration,
         first_byte: Duration,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
-        let client = self.client(connect);
-        match tokio::time::timeout(connect + first_byte, client.request(request)).await {
-            Err(_elapsed) => Err(UpstreamFailure::Timeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(&error)),
+        let (started, connected) = oneshot::channel();
+        let request = request.map(|inner| SignalBody {
+            inner,
+            started: Some(started),
+        });
+        let response = self.client.request(request);
+        let clock = async {
+            if tokio::time::timeout(connect, connected).await.is_err() {
+                return UpstreamFailure::Timeout;
+            }
+            tokio::time::sleep(first_byte).await;
+            UpstreamFailure::Timeout
+        };
+        tokio::select! {
+            biased;
+            result = response => result.map_err(|error| classify(&error)),
+            failure = clock => Err(failure),
         }
-    }
-
-    fn client(&self, connect: Duration) -> HyperClient {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients
-            .entry(connect)
-            .or_insert_with(|| build(Arc::clone(&self.tls), connect))
-            .clone()
     }
 }
 
-fn build(tls: Arc<ClientConfig>, connect: Duration) -> HyperClient {
+/// The request body, telling [`Upstream::send`] when hyper first polls it: the moment a
+/// connection is ready and the request is being written.
+struct SignalBody {
+    inner: Full<Bytes>,
+    started: Option<oneshot::Sender<()>>,
+}
+
+impl http_body::Body for SignalBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(started) = self.started.take() {
+            let _ = started.send(());
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn build(tls: Arc<ClientConfig>) -> HyperClient {
     let mut http = HttpConnector::new_with_resolver(SsrfResolver);
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect));
+    // Each request's own connect timeout is enforced by `send`; this only bounds a connect
+    // that outlives its request (hyper finishes it to pool the connection).
+    http.set_connect_timeout(Some(MAX_CONNECT));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls).clone())
@@ -139,10 +177,18 @@ fn build(tls: Arc<ClientConfig>, connect: Duration) -> HyperClient {
 }
 
 /// What a client error means for the attempt.
+/// A connect error (nothing was sent) may fall back; any other error may have come after
+/// the request reached the upstream, so it is final ([`UpstreamFailure::Broken`]). hyper
+/// itself re-sends a request that a pooled connection closed before taking it.
 fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if cause.downcast_ref::<connect::Refused>().is_some() {
+        let refused = cause.is::<connect::Refused>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<connect::Refused>());
+        if refused {
             return UpstreamFailure::AddressRefused;
         }
         source = cause.source();
@@ -150,7 +196,6 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
     if error.is_connect() {
         UpstreamFailure::Connect
     } else {
-        // The connection broke before a response head: as good as unreachable.
-        UpstreamFailure::Connect
+        UpstreamFailure::Broken
     }
 }

@@ -178,6 +178,18 @@ impl Vars {
         )
     }
 
+    /// Only the variables named in `names`: what a long-lived component keeps, so that it
+    /// does not hold every secret the process was given.
+    pub fn only(&self, names: &[&str]) -> Self {
+        Self(
+            self.0
+                .iter()
+                .filter(|(k, _)| names.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// Variables from pairs, for tests and embedding.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Self(

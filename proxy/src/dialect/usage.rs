@@ -101,7 +101,7 @@ impl UsageScanner {
             Mode::Json { copy, overflowed } => {
                 if *overflowed || copy.len() + chunk.len() > MAX_JSON {
                     *overflowed = true;
-                    copy.clear();
+                    *copy = Vec::new();
                 } else {
                     copy.extend_from_slice(chunk);
                 }

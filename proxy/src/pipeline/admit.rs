@@ -22,6 +22,12 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
         if policy.access().require_api_keys() {
             return Err(Reject::MissingKey);
         }
+        // Without keys (loopback only), a web page the operator visits could otherwise
+        // spend the provider credentials: browsers send Origin on every cross-site and
+        // rebinding POST, and API clients never do.
+        if parts.headers.contains_key(http::header::ORIGIN) {
+            return Err(Reject::BrowserWithoutKey);
+        }
         ctx.caller = Some(Caller {
             key_id: None,
             group: None,
@@ -56,6 +62,11 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
 /// The key the client sent, if any: the bearer token, or `x-api-key`; both present and
 /// different is refused, so no header is silently ignored.
 fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, Reject> {
+    if headers.get_all(http::header::AUTHORIZATION).iter().count() > 1
+        || headers.get_all("x-api-key").iter().count() > 1
+    {
+        return Err(Reject::ConflictingKeys);
+    }
     let bearer = match headers.get(http::header::AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -119,6 +130,10 @@ mod tests {
                 ("authorization", "Bearer a"),
                 ("x-api-key", "b")
             ])),
+            Err(Reject::ConflictingKeys)
+        );
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "k"), ("x-api-key", "k")])),
             Err(Reject::ConflictingKeys)
         );
         assert_eq!(

@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
+use krouter_config::store::CredentialKind;
 use krouter_policy::{Provider, ProviderKind, Target};
 use zeroize::Zeroizing;
 
@@ -40,6 +41,9 @@ pub const RESPONSE_HEADERS: &[&str] = &["content-type", "cache-control", "retry-
 
 /// Prefixes of upstream response headers that go back (rate-limit information).
 pub const RESPONSE_HEADER_PREFIXES: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"];
+
+/// Client query parameters that go upstream (the Anthropic SDK's `beta=true`).
+pub const QUERY_PARAMETERS: &[&str] = &["beta"];
 
 /// Largest upstream error body relayed; a larger one becomes krouter's own error.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -87,13 +91,21 @@ pub async fn first_answer(
         match attempt(inference, target, provider, client, &snapshot, upstream).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => {
-                tracing::info!(
-                    request_id = ctx.id.as_str(),
-                    provider = provider.name(),
-                    upstream_model = target.model(),
-                    failure = %failure,
-                    "upstream attempt failed"
-                );
+                if ctx.loggable() {
+                    tracing::info!(
+                        request_id = ctx.id.as_str(),
+                        provider = provider.name(),
+                        upstream_model = target.model(),
+                        failure = %failure,
+                        "upstream attempt failed"
+                    );
+                } else {
+                    tracing::info!(
+                        request_id = ctx.id.as_str(),
+                        failure = %failure,
+                        "upstream attempt failed"
+                    );
+                }
                 if !failure.falls_back() {
                     return Err(Reject::Upstream(failure));
                 }
@@ -128,6 +140,9 @@ async fn attempt(
     if status.is_redirection() {
         return Err(UpstreamFailure::Redirect);
     }
+    if matches!(status.as_u16(), 401 | 403 | 407) {
+        return Err(UpstreamFailure::CredentialRefused);
+    }
     if status.is_client_error() {
         let headers = response_headers(response.headers());
         let read = Limited::new(response.into_body(), MAX_ERROR_BODY).collect();
@@ -160,11 +175,7 @@ fn build(
     client: &Parts,
     snapshot: &Snapshot,
 ) -> Result<Request<Full<Bytes>>, UpstreamFailure> {
-    let query = client
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
+    let query = allowed_query(client.uri.query());
     let uri = format!(
         "{}{}{query}",
         provider.base_url(),
@@ -197,6 +208,25 @@ fn build(
     Ok(request)
 }
 
+/// The client's query parameters that go upstream: only those in [`QUERY_PARAMETERS`], so a
+/// client cannot add parameters (an `api-version`, a `key=`) to a request that carries
+/// krouter's credential.
+fn allowed_query(query: Option<&str>) -> String {
+    let kept: Vec<&str> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            QUERY_PARAMETERS.contains(&name)
+        })
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    }
+}
+
 /// The credential header for a provider of `kind`: `x-api-key` for Anthropic, a bearer
 /// token otherwise. The value is marked sensitive (never indexed by HTTP/2 header
 /// compression) and its plaintext copies are wiped.
@@ -205,6 +235,16 @@ fn credential_header(
     snapshot: &Snapshot,
     name: &str,
 ) -> Result<(HeaderName, HeaderValue), UpstreamFailure> {
+    let stored = snapshot.vault().kind(name);
+    if !stored.is_some_and(|stored| fits(stored, kind)) {
+        tracing::warn!(
+            credential = name,
+            provider_kind = %kind,
+            stored_kind = stored.map(CredentialKind::as_str),
+            "credential missing or stored for another kind of provider; not sent"
+        );
+        return Err(UpstreamFailure::Credential);
+    }
     let credential = snapshot
         .vault()
         .open(name)
@@ -227,6 +267,26 @@ fn credential_header(
     Ok((header_name, value))
 }
 
+/// Whether a credential stored as `stored` may be sent to a provider of `kind`: an OpenAI
+/// key only to OpenAI, an Anthropic key only to Anthropic, anything else only to
+/// OpenAI-compatible servers. One slip in a policy must not send a paid key elsewhere.
+pub fn fits(stored: CredentialKind, kind: ProviderKind) -> bool {
+    match (stored, kind) {
+        (CredentialKind::OpenAi, ProviderKind::OpenAi)
+        | (CredentialKind::Anthropic, ProviderKind::Anthropic)
+        | (
+            CredentialKind::OpenAiCompatible | CredentialKind::Generic,
+            ProviderKind::OpenAiCompatible,
+        ) => true,
+        (CredentialKind::OpenAi, ProviderKind::Anthropic | ProviderKind::OpenAiCompatible)
+        | (CredentialKind::Anthropic, ProviderKind::OpenAi | ProviderKind::OpenAiCompatible)
+        | (
+            CredentialKind::OpenAiCompatible | CredentialKind::Generic,
+            ProviderKind::OpenAi | ProviderKind::Anthropic,
+        ) => false,
+    }
+}
+
 /// The upstream response headers the client may see.
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
@@ -244,6 +304,30 @@ pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_allowlisted_query_parameters_go_upstream() {
+        assert_eq!(allowed_query(None), "");
+        assert_eq!(allowed_query(Some("beta=true")), "?beta=true");
+        assert_eq!(
+            allowed_query(Some("key=abc&beta=true&api-version=1")),
+            "?beta=true"
+        );
+        assert_eq!(allowed_query(Some("betax=1&beta")), "?beta");
+        assert_eq!(allowed_query(Some("")), "");
+    }
+
+    #[test]
+    fn credentials_go_only_to_their_kind_of_provider() {
+        use CredentialKind as C;
+        use ProviderKind as P;
+        assert!(fits(C::OpenAi, P::OpenAi));
+        assert!(fits(C::Anthropic, P::Anthropic));
+        assert!(fits(C::Generic, P::OpenAiCompatible));
+        assert!(!fits(C::OpenAi, P::OpenAiCompatible));
+        assert!(!fits(C::Anthropic, P::OpenAi));
+        assert!(!fits(C::Generic, P::Anthropic));
+    }
 
     #[test]
     fn only_allowlisted_response_headers_come_back() {

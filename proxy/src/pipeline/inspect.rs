@@ -4,7 +4,9 @@
 //! different models out of one request. Guardrails (PII, prompt injection) join this stage
 //! later.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
@@ -19,9 +21,17 @@ use crate::error::Reject;
 
 /// Longest model name accepted.
 pub const MAX_MODEL: usize = 256;
+/// Most top-level fields accepted (real requests have a dozen or two).
+pub const MAX_FIELDS: usize = 1000;
+/// Bodies larger than this are parsed on the blocking pool, off the async workers.
+const PARSE_INLINE: usize = 256 * 1024;
+/// Time allowed for the whole body to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fields krouter routes on: their exact spelling is required.
+const ROUTING_FIELDS: &[&str] = &["model", "stream"];
 
-/// A request to be forwarded: its endpoint and its top-level fields, untouched.
-#[derive(Debug)]
+/// A request to be forwarded: its endpoint and its top-level fields, untouched. Its `Debug`
+/// shows the routing fields only, never the prompt.
 pub struct Inference {
     /// The endpoint called.
     pub endpoint: Endpoint,
@@ -30,6 +40,22 @@ pub struct Inference {
     /// Whether the client asked for a stream.
     pub stream: bool,
     fields: Vec<(String, Box<RawValue>)>,
+}
+
+impl fmt::Debug for Inference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inference")
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.model)
+            .field("stream", &self.stream)
+            .field("fields", &self.fields.len())
+            .finish()
+    }
+}
+
+/// A key under Unicode case folding (upper then lower, which also folds `ſ` and `K`).
+fn fold(key: &str) -> String {
+    key.to_uppercase().to_lowercase()
 }
 
 /// A JSON object's top-level fields in order, refusing repeated keys.
@@ -41,18 +67,27 @@ pub async fn body(
     endpoint: Endpoint,
     ctx: &mut RequestCtx,
 ) -> Result<Inference, Reject> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             return Err(Reject::BodyTooLarge);
         }
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             return Err(Reject::BadBody {
-                what: "The request body could not be read.",
+                what: "The request body could not be read in time.",
             });
         }
     };
-    let inference = parse(&bytes, endpoint)?;
+    let inference = if bytes.len() <= PARSE_INLINE {
+        parse(&bytes, endpoint)?
+    } else {
+        tokio::task::spawn_blocking(move || parse(&bytes, endpoint))
+            .await
+            .map_err(|_| Reject::Internal {
+                what: "the body parser stopped",
+            })??
+    };
     ctx.model = Some(inference.model.clone());
     ctx.stream = inference.stream;
     Ok(inference)
@@ -142,8 +177,18 @@ impl<'de> serde::Deserialize<'de> for Fields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
                 let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+                let mut seen: HashSet<String> = HashSet::new();
                 while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
-                    if fields.iter().any(|(k, _)| *k == key) {
+                    if fields.len() >= MAX_FIELDS {
+                        return Err(de::Error::custom("too many fields"));
+                    }
+                    // Some upstreams (Go's encoding/json) match keys without regard to case,
+                    // so keys equal under case folding count as repeated, and a folded
+                    // spelling of a routing field must be the exact one.
+                    let folded = fold(&key);
+                    let routing = ROUTING_FIELDS.contains(&folded.as_str());
+                    if !seen.insert(folded) || (routing && !ROUTING_FIELDS.contains(&key.as_str()))
+                    {
                         return Err(de::Error::custom("repeated key"));
                     }
                     fields.push((key, value));
@@ -183,12 +228,23 @@ mod tests {
             (br#"{"model":7}"#, "string"),
             (br#"{"model":""}"#, "1 to 256"),
             (br#"{"model":"a","stream":"yes"}"#, "true or false"),
+            (br#"{"model":"a","Model":"b"}"#, "repeated"),
+            (br#"{"model":"a","MODEL":"b"}"#, "repeated"),
+            (br#"{"model":"a","\u017ftream":true}"#, "repeated"),
+            (br#"{"Model":"a"}"#, "repeated"),
+            (br#"{"model":"a","x":1,"X":2}"#, "repeated"),
         ] {
             match parse(body, CHAT) {
                 Err(Reject::BadBody { what: got }) => assert!(got.contains(what), "{got}"),
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
             }
         }
+        let many: String = (0..=MAX_FIELDS).map(|i| format!(r#","f{i}":0"#)).collect();
+        let many = format!(r#"{{"model":"a"{many}}}"#);
+        assert!(matches!(
+            parse(many.as_bytes(), CHAT),
+            Err(Reject::BadBody { .. })
+        ));
         let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL + 1));
         assert!(parse(long.as_bytes(), CHAT).is_err());
         assert!(

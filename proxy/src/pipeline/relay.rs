@@ -124,6 +124,10 @@ impl RelayBody {
         if this.on_end.is_none() {
             return Poll::Ready(None);
         }
+        // Checked first, so an upstream that never pauses still ends at its time limit.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return this.cut("the provider's total time limit passed");
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -142,9 +146,6 @@ impl RelayBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return this.cut("the provider's total time limit passed");
-                }
                 if this.idle_timer.as_mut().poll(cx).is_ready() {
                     return this.cut("the upstream stream went idle");
                 }
