@@ -316,12 +316,15 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 
 /// A policy error with every validation problem, on one line.
 pub fn policy_reason(error: &krouter_policy::Error) -> String {
-    let mut text = chain(error);
-    if let krouter_policy::Error::Invalid(problems) = error {
-        for line in problems.lines() {
-            text.push_str("; ");
-            text.push_str(&line);
+    match error {
+        krouter_policy::Error::Invalid(problems) => {
+            let lines = problems.lines();
+            format!(
+                "invalid policy, {} problem(s): {}",
+                lines.len(),
+                lines.join("; ")
+            )
         }
+        _ => chain(error),
     }
-    text
 }

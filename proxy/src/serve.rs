@@ -5,7 +5,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -14,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::body::{Body, BodyError};
 use crate::pipeline::{self, Shared};
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -40,6 +44,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,9 +63,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
         let shared = Arc::clone(&shared);
+        let in_flight = Arc::clone(&in_flight);
         let service = service_fn(move |request| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(pipeline::handle(request, peer.ip(), &shared).await) }
+            let guard = InFlight::enter(&in_flight);
+            async move {
+                let response = pipeline::handle(request, peer.ip(), &shared).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -74,11 +87,62 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still in flight after the grace period were cut");
+    // Connections between requests close at once; a connection still sending its first
+    // request head would hold the drain until its header timeout, so the drain also ends as
+    // soon as no request is in flight.
+    let quiet = async {
+        while in_flight.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = quiet => tracing::info!("no request in flight; closing the remaining connections"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("requests still in flight after the grace period were cut");
+        }
+    }
+}
+
+/// Counts one request from the call of the service until its response body is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Tracked {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -19,6 +19,19 @@ fn bin_dir() -> &'static Path {
         let target_dir = profile_dir.parent().expect("target/<profile>");
         let release = profile_dir.file_name() == Some(OsStr::new("release"));
         let mut build = Command::new(env!("CARGO"));
+        // The variables `cargo test` sets for this package would make build scripts that
+        // watch them (ring's) rebuild for the nested build and again for the next test run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_")
+                && !matches!(
+                    &*name,
+                    "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_TERM_COLOR"
+                )
+            {
+                build.env_remove(&*name);
+            }
+        }
         build
             .args(["build", "--quiet", "--locked", "--bins"])
             .args(["-p", "krouter-admin", "-p", "krouter-proxy"])
