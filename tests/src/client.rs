@@ -1,4 +1,4 @@
-//! A small blocking HTTP/1.1 client for the tests: one connection per request, every
+//! A small blocking HTTP/1.1 (and HTTP/2) client for the tests: one connection per request, every
 //! header and body byte kept, and the arrival time of each body chunk (to see that a
 //! stream is relayed as it is produced, not buffered).
 
@@ -85,6 +85,11 @@ async fn exchange(method: &str, url: &str, headers: &[(&str, &str)], body: &str)
         .expect("a request");
     let sent = Instant::now();
     let response = sender.send_request(request).await.expect("a response");
+    read_reply(response, sent).await
+}
+
+/// Reads a response to the end, timing each body chunk from `sent`.
+async fn read_reply(response: hyper::Response<hyper::body::Incoming>, sent: Instant) -> Reply {
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -112,4 +117,47 @@ async fn exchange(method: &str, url: &str, headers: &[(&str, &str)], body: &str)
         body: String::from_utf8_lossy(&bytes).into_owned(),
         chunk_times,
     }
+}
+
+/// Like [`send`], over HTTP/2 with prior knowledge (h2c), as a client that knows the server
+/// speaks HTTP/2 would.
+pub fn send_h2(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            exchange_h2(method, url, headers, body),
+        )
+        .await
+        .expect("a response within 30 s")
+    })
+}
+
+async fn exchange_h2(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let uri: hyper::Uri = url.parse().expect("a URL");
+    let authority = uri.authority().expect("an authority").to_string();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("a request");
+    let sent = Instant::now();
+    let response = sender.send_request(request).await.expect("a response");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    read_reply(response, sent).await
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use krouter_tests::bins::proxy_path;
-use krouter_tests::client::{Reply, post, send};
+use krouter_tests::client::{Reply, post, send, send_h2};
 use krouter_tests::home::{TempHome, json_field};
 use krouter_tests::krouter::{Krouter, policy};
 use krouter_tests::leak::{assert_absent, assert_absent_from_files, fake_secret};
@@ -1262,4 +1262,38 @@ fn an_ssrf_refusal_is_reported_as_such() {
         line.contains("refused by the SSRF guard"),
         "the request line says {line}"
     );
+}
+
+#[test]
+fn http1_and_http2_share_the_listener() {
+    let (home, upstream, credential) = openai_setup();
+    let (_id, key) = home.create_key("app");
+    let krouter = Krouter::spawn(&home, &[]);
+    let auth = format!("Bearer {key}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let url = krouter.url("/v1/chat/completions");
+    let body = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
+    let h1 = send("POST", &url, &headers, body);
+    let h2 = send_h2("POST", &url, &headers, body);
+    for reply in [&h1, &h2] {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(reply.header("x-request-id").is_some(), "{reply:?}");
+        assert_eq!(reply.json()["usage"]["completion_tokens"], 7);
+    }
+    let stream = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let h2_stream = send_h2("POST", &url, &headers, stream);
+    assert_eq!(h2_stream.status, 200, "{h2_stream:?}");
+    assert!(
+        h2_stream.body.trim_end().ends_with("data: [DONE]"),
+        "{h2_stream:?}"
+    );
+    let health = send_h2("GET", &krouter.url("/healthz"), &[], "");
+    assert_eq!(health.status, 200);
+    assert_eq!(upstream.requests().len(), 3);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert_absent(&log, &[&key, &credential], "the krouter log");
 }
