@@ -1,27 +1,166 @@
 //! Log output: `tracing` to standard error, one JSON object per line (default) or
 //! human-readable lines, at INFO. Only metadata is ever logged; secrets have no `Display`
 //! and redacted `Debug`, so they cannot reach a line by accident.
+//!
+//! Lines gather in memory and a writer thread sends them to standard error every
+//! [`FLUSH_EVERY`] (sooner when [`BUFFER_LIMIT`] fills), so a busy proxy makes one `write`
+//! per batch instead of one per request. [`LogGuard`] writes what is left when dropped.
 
-use std::io::IsTerminal as _;
+use std::io::{self, IsTerminal as _, Write as _};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use krouter_config::settings::LogFormat;
 use tracing::Level;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Installs the global subscriber; a second call does nothing.
-pub fn init(format: LogFormat) {
+/// Longest a line waits in memory.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Buffered bytes that wake the writer early.
+pub const BUFFER_LIMIT: usize = 256 * 1024;
+/// Buffered bytes past which lines are dropped rather than memory grown (a stuck stderr).
+const DROP_ABOVE: usize = 16 * 1024 * 1024;
+
+/// Flushes the remaining lines and stops the writer thread when dropped.
+pub struct LogGuard {
+    shared: Arc<Batch>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The buffer shared by every thread that logs and the writer thread.
+#[derive(Default)]
+struct Batch {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    lines: Vec<u8>,
+    closed: bool,
+}
+
+/// The `MakeWriter` handed to `tracing_subscriber`.
+#[derive(Clone)]
+struct Batched(Arc<Batch>);
+
+/// One event's writer: appends to the shared buffer.
+struct Append<'a>(&'a Batch);
+
+/// Installs the global subscriber (a second call installs nothing). Keep the guard until
+/// the end: dropping it writes the remaining lines.
+pub fn init(format: LogFormat) -> LogGuard {
+    let shared = Arc::new(Batch::default());
+    let thread = std::thread::Builder::new()
+        .name("krouter-log".to_owned())
+        .spawn({
+            let shared = Arc::clone(&shared);
+            move || write_loop(&shared)
+        })
+        .ok();
+    // Without the writer thread, lines go straight to standard error.
+    let writer = thread.as_ref().map(|_| Batched(Arc::clone(&shared)));
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
         .with_max_level(Level::INFO)
         .with_target(false);
-    let _already = match format {
-        LogFormat::Json => builder
+    let _installed = match (format, writer) {
+        (LogFormat::Json, Some(writer)) => builder
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        (LogFormat::Json, None) => builder
+            .with_writer(io::stderr)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        (LogFormat::Pretty, Some(writer)) => builder
+            .with_writer(writer)
+            .with_ansi(io::stderr().is_terminal())
+            .try_init(),
+        (LogFormat::Pretty, None) => builder
+            .with_writer(io::stderr)
+            .with_ansi(io::stderr().is_terminal())
             .try_init(),
     };
+    LogGuard { shared, thread }
+}
+
+fn write_loop(shared: &Batch) {
+    let mut taken = Vec::new();
+    loop {
+        let closed = {
+            let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut state, _timeout) = shared
+                .wake
+                .wait_timeout_while(state, FLUSH_EVERY, |s| {
+                    !s.closed && s.lines.len() < BUFFER_LIMIT
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut taken, &mut state.lines);
+            state.closed
+        };
+        if !taken.is_empty() {
+            let mut stderr = io::stderr().lock();
+            // Nowhere to report a failed write to standard error.
+            let _ = stderr.write_all(&taken);
+            let _ = stderr.flush();
+            taken.clear();
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+// === impl LogGuard ===
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+// === impl Batched ===
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = Append<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Append(&self.0)
+    }
+}
+
+impl io::Write for Append<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.closed {
+            drop(state);
+            return io::stderr().lock().write(bytes);
+        }
+        if state.lines.len() + bytes.len() <= DROP_ABOVE {
+            state.lines.extend_from_slice(bytes);
+        }
+        if state.lines.len() >= BUFFER_LIMIT {
+            self.0.wake.notify_one();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

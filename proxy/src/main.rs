@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 
 fn serve(vars: Vars) -> Result<(), krouter_proxy::Error> {
     let loaded = krouter_proxy::startup::load(&vars)?;
-    krouter_proxy::logging::init(loaded.settings.log_format());
+    let _log = krouter_proxy::logging::init(loaded.settings.log_format());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("krouter-worker")
