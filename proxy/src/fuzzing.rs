@@ -2,15 +2,17 @@
 //! replay of their corpus on stable. Each must return without panicking, whatever it is fed;
 //! the asserts are invariants whose failure is a bug.
 
+use bytes::Bytes;
+
 use crate::dialect::{Endpoint, UsageScanner};
 use crate::pipeline::inspect;
 
 /// A client request body: parsed, and if accepted, rebuilt for an upstream and parsed again
 /// to the same model and stream flag.
 pub fn request_body(data: &[u8]) {
-    if let Ok(inference) = inspect::parse(data, Endpoint::ChatCompletions) {
+    if let Ok(inference) = inspect::parse(Bytes::copy_from_slice(data), Endpoint::ChatCompletions) {
         let rebuilt = inference.body_for("upstream-model");
-        let again = inspect::parse(&rebuilt, Endpoint::Messages);
+        let again = inspect::parse(rebuilt, Endpoint::Messages);
         assert!(again.is_ok(), "a rebuilt body no longer parses");
         if let Ok(again) = again {
             assert_eq!(again.model, "upstream-model");

@@ -18,7 +18,7 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Longest a line waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Buffered bytes that wake the writer early.
-pub const BUFFER_LIMIT: usize = 256 * 1024;
+pub const BUFFER_LIMIT: usize = 64 * 1024;
 /// Buffered bytes past which lines are dropped rather than memory grown (a stuck stderr).
 const DROP_ABOVE: usize = 16 * 1024 * 1024;
 
@@ -111,6 +111,8 @@ fn write_loop(shared: &Batch) {
             let _ = stderr.write_all(&taken);
             let _ = stderr.flush();
             taken.clear();
+            // A burst must not leave a large buffer behind for the life of the process.
+            taken.shrink_to(BUFFER_LIMIT);
         }
         if closed {
             return;

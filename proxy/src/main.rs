@@ -55,7 +55,15 @@ fn main() -> ExitCode {
 fn serve(vars: Vars) -> Result<(), krouter_proxy::Error> {
     let loaded = krouter_proxy::startup::load(&vars)?;
     let _log = krouter_proxy::logging::init(loaded.settings.log_format());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One CPU (a pinned process, a container with a one-CPU quota): one thread runs
+    // everything, without the work-stealing scheduler's cross-thread wake-ups.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cpus > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("krouter-worker")
         .build()

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +40,10 @@ pub struct Inference {
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
-    fields: Vec<(String, Box<RawValue>)>,
+    /// The body as received; the fields below are ranges into it, so a large prompt is
+    /// held once, not copied per field.
+    body: Bytes,
+    fields: Vec<(String, Range<usize>)>,
 }
 
 impl fmt::Debug for Inference {
@@ -58,8 +62,9 @@ fn fold(key: &str) -> String {
     key.to_uppercase().to_lowercase()
 }
 
-/// A JSON object's top-level fields in order, refusing repeated keys.
-struct Fields(Vec<(String, Box<RawValue>)>);
+/// A JSON object's top-level fields in order, refusing repeated keys; the values borrow
+/// from the parsed bytes.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
 
 /// Reads and inspects the body.
 pub async fn body(
@@ -80,9 +85,9 @@ pub async fn body(
         }
     };
     let inference = if bytes.len() <= PARSE_INLINE {
-        parse(&bytes, endpoint)?
+        parse(bytes, endpoint)?
     } else {
-        tokio::task::spawn_blocking(move || parse(&bytes, endpoint))
+        tokio::task::spawn_blocking(move || parse(bytes, endpoint))
             .await
             .map_err(|_| Reject::Internal {
                 what: "the body parser stopped",
@@ -94,8 +99,8 @@ pub async fn body(
 }
 
 /// Parses a request body for `endpoint`.
-pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<Inference, Reject> {
-    let Fields(fields) = serde_json::from_slice(bytes).map_err(|_| Reject::BadBody {
+pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
+    let Fields(fields) = serde_json::from_slice(&body).map_err(|_| Reject::BadBody {
         what: "The request body must be a JSON object with no repeated keys.",
     })?;
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
@@ -126,11 +131,25 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<Inference, Reject> {
             });
         }
     };
+    // Each raw value is a sub-slice of `body`: keep its position, not a copy.
+    let base = body.as_ptr() as usize;
+    let mut ranges = Vec::with_capacity(fields.len());
+    for (key, value) in fields {
+        let start = (value.get().as_ptr() as usize).wrapping_sub(base);
+        let end = start.saturating_add(value.get().len());
+        if body.get(start..end).is_none() {
+            return Err(Reject::Internal {
+                what: "a parsed value lies outside the body",
+            });
+        }
+        ranges.push((key, start..end));
+    }
     Ok(Inference {
         endpoint,
         model,
         stream,
-        fields,
+        body,
+        fields: ranges,
     })
 }
 
@@ -140,11 +159,7 @@ impl Inference {
     /// The body to send upstream: the client's fields in their order and exact bytes, with
     /// `model` replaced by `upstream_model`.
     pub fn body_for(&self, upstream_model: &str) -> Bytes {
-        let size: usize = self
-            .fields
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
+        let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = Vec::with_capacity(size + upstream_model.len() + 2);
         out.push(b'{');
         for (i, (key, value)) in self.fields.iter().enumerate() {
@@ -156,8 +171,8 @@ impl Inference {
             out.push(b':');
             if key == "model" {
                 let _ = serde_json::to_writer(&mut out, upstream_model);
-            } else {
-                out.extend_from_slice(value.get().as_bytes());
+            } else if let Some(raw) = self.body.get(value.clone()) {
+                out.extend_from_slice(raw);
             }
         }
         out.push(b'}');
@@ -167,18 +182,18 @@ impl Inference {
 
 // === impl Fields ===
 
-impl<'de> serde::Deserialize<'de> for Fields {
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FieldsVisitor;
         impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields;
+            type Value = Fields<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields: Vec<(String, &'de RawValue)> = Vec::new();
                 let mut seen: HashSet<String> = HashSet::new();
-                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
                     if fields.len() >= MAX_FIELDS {
                         return Err(de::Error::custom("too many fields"));
                     }
@@ -209,7 +224,7 @@ mod tests {
     #[test]
     fn model_is_replaced_and_everything_else_kept_byte_for_byte() {
         let body = br#"{"model":"alias","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#;
-        let inference = parse(body, CHAT).unwrap();
+        let inference = parse(Bytes::from_static(body), CHAT).unwrap();
         assert_eq!(inference.model, "alias");
         assert!(inference.stream);
         assert_eq!(
@@ -234,7 +249,7 @@ mod tests {
             (br#"{"Model":"a"}"#, "repeated"),
             (br#"{"model":"a","x":1,"X":2}"#, "repeated"),
         ] {
-            match parse(body, CHAT) {
+            match parse(Bytes::from_static(body), CHAT) {
                 Err(Reject::BadBody { what: got }) => assert!(got.contains(what), "{got}"),
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
             }
@@ -242,13 +257,13 @@ mod tests {
         let many: String = (0..=MAX_FIELDS).map(|i| format!(r#","f{i}":0"#)).collect();
         let many = format!(r#"{{"model":"a"{many}}}"#);
         assert!(matches!(
-            parse(many.as_bytes(), CHAT),
+            parse(Bytes::from(many), CHAT),
             Err(Reject::BadBody { .. })
         ));
         let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL + 1));
-        assert!(parse(long.as_bytes(), CHAT).is_err());
+        assert!(parse(Bytes::from(long), CHAT).is_err());
         assert!(
-            !parse(br#"{"model":"a","stream":null}"#, CHAT)
+            !parse(Bytes::from_static(br#"{"model":"a","stream":null}"#), CHAT)
                 .unwrap()
                 .stream
         );

@@ -32,6 +32,7 @@ pub struct RelayBody {
     scanner: UsageScanner,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
+    last_frame: tokio::time::Instant,
     deadline: Pin<Box<Sleep>>,
     ctx: RequestCtx,
     on_end: Option<OnEnd>,
@@ -76,6 +77,7 @@ pub fn response(answer: Answer, mut ctx: RequestCtx, on_end: OnEnd) -> Response<
                 scanner,
                 idle,
                 idle_timer: Box::pin(tokio::time::sleep(idle)),
+                last_frame: tokio::time::Instant::now(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
                 ctx,
                 on_end: Some(on_end),
@@ -136,8 +138,8 @@ impl RelayBody {
                     }
                     this.scanner.feed(data);
                 }
-                let next = tokio::time::Instant::now() + this.idle;
-                this.idle_timer.as_mut().reset(next);
+                // The idle timer is moved only when it fires (below), not per frame.
+                this.last_frame = tokio::time::Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => this.cut("the upstream stream broke"),
@@ -146,8 +148,12 @@ impl RelayBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle_timer.as_mut().poll(cx).is_ready() {
-                    return this.cut("the upstream stream went idle");
+                while this.idle_timer.as_mut().poll(cx).is_ready() {
+                    let quiet_until = this.last_frame + this.idle;
+                    if tokio::time::Instant::now() >= quiet_until {
+                        return this.cut("the upstream stream went idle");
+                    }
+                    this.idle_timer.as_mut().reset(quiet_until);
                 }
                 Poll::Pending
             }
