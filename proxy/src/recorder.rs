@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use krouter_config::state::{RequestRow, StateDb};
 
 /// Rows waiting to be written, at most.
-pub const QUEUE: usize = 8192;
+pub const QUEUE: usize = 4096;
 /// Rows written per transaction, at most.
 const BATCH: usize = 2048;
 /// How long the writer lets rows gather after the first one wakes it: a busy proxy costs
