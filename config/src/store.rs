@@ -205,10 +205,7 @@ impl StoreReader {
     /// Fails with "wrong key" if the store was re-keyed since this reader opened it (its key
     /// check value no longer matches), so a long-lived reader notices `store rekey`.
     pub fn check_key(&self) -> Result<(), Error> {
-        let stored = meta(&self.conn, &self.path, "key_check")?;
-        let stored = KeyCheckValue::from_bytes(&stored)
-            .map_err(|_| damaged(&self.path, "the key check value is malformed"))?;
-        if KeyCheckValue::of(&self.key).matches(&stored) {
+        if key_matches(&self.conn, &self.path, &self.key)? {
             Ok(())
         } else {
             Err(StoreError::WrongKey {
@@ -359,10 +356,7 @@ impl StoreWriter {
             .map_err(|e| sqlite(&self.path, "begin a write transaction", e))?;
         // Another command may have re-keyed the store between our open and this lock; sealing
         // under the old data key now would make a field no key can open.
-        let stored = meta(&tx, &self.path, "key_check")?;
-        let current = KeyCheckValue::from_bytes(&stored)
-            .map_err(|_| damaged(&self.path, "the key check value is malformed"))?;
-        if !KeyCheckValue::of(&self.key).matches(&current) {
+        if !key_matches(&tx, &self.path, &self.key)? {
             return Err(StoreError::Rekeyed {
                 path: self.path.clone(),
             }
@@ -551,18 +545,23 @@ fn unlock(conn: &Connection, path: &Path, storage_key: &StorageKey) -> Result<Da
     let salt = meta(conn, path, "install_salt")?;
     let salt = InstallSalt::from_bytes(&salt)
         .map_err(|_| damaged(path, "the install salt is malformed"))?;
-    let stored = meta(conn, path, "key_check")?;
-    let stored = KeyCheckValue::from_bytes(&stored)
-        .map_err(|_| damaged(path, "the key check value is malformed"))?;
     let key =
         DataKey::derive(storage_key, &salt).map_err(|_| crypto("could not derive the data key"))?;
-    if !KeyCheckValue::of(&key).matches(&stored) {
+    if !key_matches(conn, path, &key)? {
         return Err(StoreError::WrongKey {
             path: path.to_owned(),
         }
         .into());
     }
     Ok(key)
+}
+
+/// Whether `key` produces the key check value the store holds now.
+fn key_matches(conn: &Connection, path: &Path, key: &DataKey) -> Result<bool, Error> {
+    let stored = meta(conn, path, "key_check")?;
+    let stored = KeyCheckValue::from_bytes(&stored)
+        .map_err(|_| damaged(path, "the key check value is malformed"))?;
+    Ok(KeyCheckValue::of(key).matches(&stored))
 }
 
 fn load_mac_key(

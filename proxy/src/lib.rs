@@ -57,6 +57,9 @@ pub async fn run(
         home,
         settings,
         store,
+        store_version,
+        api_keys,
+        vault,
         policy,
         api_key_secret,
         upstream,
@@ -73,10 +76,7 @@ pub async fn run(
             source,
         })?;
 
-    // Taken before the keys are read, so the watcher re-reads anything committed meanwhile.
-    let store_version = store.data_version().ok();
-    let keys = KeyTable::new(store.api_keys()?);
-    let vault = store.vault()?;
+    let keys = KeyTable::new(api_keys);
     let serial = policy.serial().get();
     let shared = Arc::new(Shared {
         live: Live::new(Snapshot::new(policy, keys, vault)),

@@ -59,14 +59,6 @@ impl Recorder {
         ))
     }
 
-    /// A recorder that keeps nothing (for tests of the pipeline without a state database).
-    pub fn disabled() -> Self {
-        Self {
-            queue: None,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
     /// Queues `row`, to be kept for `retention` (the policy's `[logging] retention_days`),
     /// or drops and counts it if the queue is full.
     pub fn send(&self, retention: Duration, row: RequestRow) {

@@ -4,15 +4,13 @@
 //! credential names, refused if it rolls back the last accepted serial), and the rule that a
 //! public listener needs API keys. `krouter check` runs exactly this and prints the result.
 
-use std::collections::BTreeSet;
-
 use krouter_config::home::KrouterHome;
 use krouter_config::policy_files::{read_signed, read_trusted_dir};
 use krouter_config::secret::load::{self, Origin, Vars};
 use krouter_config::secret::{ApiKeySecret, SecretName};
 use krouter_config::settings::Settings;
 use krouter_config::state::StateDb;
-use krouter_config::store::StoreReader;
+use krouter_config::store::{ApiKeyRecord, CredentialVault, StoreReader};
 use krouter_policy::{AcceptedPolicy, Policy};
 
 use crate::error::Error;
@@ -28,6 +26,12 @@ pub struct Loaded {
     pub secrets: Vec<(SecretName, Origin)>,
     /// The store, read-only.
     pub store: StoreReader,
+    /// The store's data version when `api_keys` and `vault` were read.
+    pub store_version: Option<i64>,
+    /// The API key records, every row's MAC checked.
+    pub api_keys: Vec<ApiKeyRecord>,
+    /// The credentials, sealed.
+    pub vault: CredentialVault,
     /// The verified policy.
     pub policy: Policy,
     /// The policy accepted before this start, if any.
@@ -53,9 +57,12 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         .to_vec();
 
     let store = StoreReader::open(&home.store_file(), &storage_key)?;
-    let credentials: BTreeSet<String> = store.credentials()?.into_iter().map(|c| c.name).collect();
+    // Taken before the keys are read, so the reload watcher re-reads anything committed
+    // after this point.
+    let store_version = store.data_version().ok();
     // Every key row is checked against its MAC now, not at the first request.
-    store.api_keys()?;
+    let api_keys = store.api_keys()?;
+    let vault = store.vault()?;
 
     let trusted = read_trusted_dir(&home.trusted_dir()).map_err(Error::Trust)?;
     let files = read_signed(&home.policy_file(), None)?;
@@ -64,7 +71,7 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         files.as_files(),
         &trusted,
         previously_accepted.as_ref(),
-        &credentials,
+        &vault,
     )?;
 
     let upstream = Upstream::new(settings.upstream_ca_file())?;
@@ -78,6 +85,9 @@ pub fn load(vars: &Vars) -> Result<Loaded, Error> {
         settings,
         secrets,
         store,
+        store_version,
+        api_keys,
+        vault,
         policy,
         previously_accepted,
         api_key_secret,

@@ -2,6 +2,7 @@
 //! header and body byte kept, and the arrival time of each body chunk (to see that a
 //! stream is relayed as it is produced, not buffered).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,17 +39,19 @@ impl Reply {
 
 /// Sends `method url` with `headers` and `body`; panics if no response arrives in 30 s.
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    within_30s(exchange(method, url, headers, body))
+}
+
+/// Runs one exchange on its own runtime; panics if no response arrives in 30 s.
+fn within_30s(exchange: impl Future<Output = Reply>) -> Reply {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            exchange(method, url, headers, body),
-        )
-        .await
-        .expect("a response within 30 s")
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("a response within 30 s")
     })
 }
 
@@ -122,18 +125,7 @@ async fn read_reply(response: hyper::Response<hyper::body::Incoming>, sent: Inst
 /// Like [`send`], over HTTP/2 with prior knowledge (h2c), as a client that knows the server
 /// speaks HTTP/2 would.
 pub fn send_h2(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            exchange_h2(method, url, headers, body),
-        )
-        .await
-        .expect("a response within 30 s")
-    })
+    within_30s(exchange_h2(method, url, headers, body))
 }
 
 async fn exchange_h2(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {

@@ -226,11 +226,6 @@ impl CredentialVault {
     pub fn contains(&self, name: &str) -> bool {
         self.sealed.contains_key(name)
     }
-
-    /// The credential names, for policy validation.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.sealed.keys().map(String::as_str)
-    }
 }
 
 impl krouter_policy::CredentialNames for CredentialVault {
