@@ -106,6 +106,8 @@ pub struct BaseUrl {
     port: u16,
     path: String,
     reach: Reach,
+    /// The normalised URL, built once: the proxy joins it to every upstream request path.
+    text: String,
 }
 
 /// Why a base URL is refused.
@@ -204,12 +206,19 @@ pub fn parse_base_url(text: &str) -> Result<BaseUrl, UrlProblem> {
     let port = url::parse_port(rest, scheme)?;
     let (host, reach) = host::analyse(raw_host, 0).map_err(UrlProblem::Host)?;
     let path = url::normalise_path(uri.path())?;
+    let mut text = format!("{scheme}://{host}");
+    if port != scheme.default_port() {
+        text.push(':');
+        text.push_str(&port.to_string());
+    }
+    text.push_str(&path);
     Ok(BaseUrl {
         scheme,
         host,
         port,
         path,
         reach,
+        text,
     })
 }
 
@@ -347,6 +356,12 @@ impl fmt::Display for Host {
 // === impl BaseUrl ===
 
 impl BaseUrl {
+    /// The normalised URL (as [`Display`](fmt::Display) writes it); the port is omitted when
+    /// it is the scheme's default.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// The scheme.
     pub const fn scheme(&self) -> Scheme {
         self.scheme
@@ -376,11 +391,7 @@ impl BaseUrl {
 impl fmt::Display for BaseUrl {
     /// The normalised URL; the port is omitted when it is the scheme's default.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.host)?;
-        if self.port != self.scheme.default_port() {
-            write!(f, ":{}", self.port)?;
-        }
-        f.write_str(&self.path)
+        f.write_str(&self.text)
     }
 }
 

@@ -15,6 +15,8 @@ use krouter_config::settings::LogFormat;
 use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
 
+mod json;
+
 /// Longest a line waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Buffered bytes that wake the writer early.
@@ -67,17 +69,11 @@ pub fn init(format: LogFormat) -> LogGuard {
     let _installed = match (format, writer) {
         (LogFormat::Json, Some(writer)) => builder
             .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .event_format(json::JsonLine)
             .try_init(),
         (LogFormat::Json, None) => builder
             .with_writer(io::stderr)
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .event_format(json::JsonLine)
             .try_init(),
         (LogFormat::Pretty, Some(writer)) => builder
             .with_writer(writer)

@@ -175,16 +175,16 @@ fn build(
     client: &Parts,
     snapshot: &Snapshot,
 ) -> Result<Request<Full<Bytes>>, UpstreamFailure> {
-    let query = allowed_query(client.uri.query());
-    let uri = format!(
-        "{}{}{query}",
-        provider.base_url(),
-        inference.endpoint.upstream_suffix()
-    );
+    let base = provider.base_url().as_str();
+    let suffix = inference.endpoint.upstream_suffix();
+    let mut uri = String::with_capacity(base.len() + suffix.len() + 16);
+    uri.push_str(base);
+    uri.push_str(suffix);
+    push_allowed_query(&mut uri, client.uri.query());
     let body = inference.body_for(target.model());
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri.parse().map_err(|_| UpstreamFailure::Connect)?;
+    *request.uri_mut() = http::Uri::try_from(uri).map_err(|_| UpstreamFailure::Connect)?;
     let headers = request.headers_mut();
     for name in REQUEST_HEADERS {
         for value in client.headers.get_all(*name) {
@@ -208,22 +208,19 @@ fn build(
     Ok(request)
 }
 
-/// The client's query parameters that go upstream: only those in [`QUERY_PARAMETERS`], so a
-/// client cannot add parameters (an `api-version`, a `key=`) to a request that carries
-/// krouter's credential.
-fn allowed_query(query: Option<&str>) -> String {
-    let kept: Vec<&str> = query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
-            QUERY_PARAMETERS.contains(&name)
-        })
-        .collect();
-    if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
+/// Appends the client's query parameters that go upstream: only those in
+/// [`QUERY_PARAMETERS`], so a client cannot add parameters (an `api-version`, a `key=`) to a
+/// request that carries krouter's credential.
+fn push_allowed_query(uri: &mut String, query: Option<&str>) {
+    let Some(query) = query else { return };
+    let mut separator = '?';
+    for pair in query.split('&') {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if QUERY_PARAMETERS.contains(&name) {
+            uri.push(separator);
+            uri.push_str(pair);
+            separator = '&';
+        }
     }
 }
 
@@ -307,14 +304,20 @@ mod tests {
 
     #[test]
     fn only_allowlisted_query_parameters_go_upstream() {
-        assert_eq!(allowed_query(None), "");
-        assert_eq!(allowed_query(Some("beta=true")), "?beta=true");
+        let allowed = |query: Option<&str>| {
+            let mut uri = String::from("/v1/messages");
+            push_allowed_query(&mut uri, query);
+            uri
+        };
+        assert_eq!(allowed(None), "/v1/messages");
+        assert_eq!(allowed(Some("beta=true")), "/v1/messages?beta=true");
         assert_eq!(
-            allowed_query(Some("key=abc&beta=true&api-version=1")),
-            "?beta=true"
+            allowed(Some("key=abc&beta=true&api-version=1")),
+            "/v1/messages?beta=true"
         );
-        assert_eq!(allowed_query(Some("betax=1&beta")), "?beta");
-        assert_eq!(allowed_query(Some("")), "");
+        assert_eq!(allowed(Some("betax=1&beta")), "/v1/messages?beta");
+        assert_eq!(allowed(Some("beta=1&beta=2")), "/v1/messages?beta=1&beta=2");
+        assert_eq!(allowed(Some("")), "/v1/messages");
     }
 
     #[test]
