@@ -1,6 +1,6 @@
 //! The proxy's state database, `state/state.sqlite`: the last accepted policy (to refuse
-//! rollbacks across restarts) and, later, request metadata, lockout counters and breaker
-//! state. Written only by the proxy; opened read-only by `krouter check` and admin reports.
+//! rollbacks across restarts), request metadata, brute-force lockout (failures and locked
+//! addresses) and, later, breaker state. Written only by the proxy; opened read-only by `krouter check` and admin reports.
 //! Never holds a secret or any prompt or completion content.
 
 use std::path::{Path, PathBuf};
@@ -14,9 +14,12 @@ use crate::fs::{PRIVATE_FILE, write_new};
 use crate::store::{damaged, sqlite};
 
 /// `(version, SQL)` in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/state/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/state/0001_init.sql")),
+    (2, include_str!("../../migrations/state/0002_lockout.sql")),
+];
 /// The newest state schema this build knows.
-const KNOWN: i64 = 1;
+const KNOWN: i64 = 2;
 
 /// One request's metadata: never content, never key material.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +48,34 @@ pub struct RequestRow {
     pub tokens_in: Option<u64>,
     /// Output (completion) tokens, when the upstream said.
     pub tokens_out: Option<u64>,
+}
+
+/// A brute-force lockout event, by client (an IPv4 address or an IPv6 /64, as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthEvent {
+    /// A failed authentication at `at_ms` (unix milliseconds).
+    Failure {
+        /// The client.
+        client: String,
+        /// When.
+        at_ms: i64,
+    },
+    /// The client is locked out until `until_ms` (unix milliseconds).
+    Locked {
+        /// The client.
+        client: String,
+        /// Until when.
+        until_ms: i64,
+    },
+}
+
+/// The lockout state read back at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockoutState {
+    /// Failures since the asked time, oldest first: `(client, at_ms)`.
+    pub failures: Vec<(String, i64)>,
+    /// Locks still in force: `(client, until_ms)`.
+    pub locks: Vec<(String, i64)>,
 }
 
 /// The state database.
@@ -160,6 +191,74 @@ impl StateDb {
             .map_err(|e| sqlite(&self.path, "delete old request rows", e))
     }
 
+    /// Writes lockout `events` in one transaction.
+    pub fn insert_auth_events(&mut self, events: &[AuthEvent]) -> Result<(), Error> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite(path, "begin writing lockout events", e))?;
+        for event in events {
+            match event {
+                AuthEvent::Failure { client, at_ms } => tx.execute(
+                    "INSERT INTO auth_failures (client, at) VALUES (?1, ?2)",
+                    params![client, at_ms],
+                ),
+                AuthEvent::Locked { client, until_ms } => tx.execute(
+                    "INSERT INTO lockouts (client, until) VALUES (?1, ?2)
+                     ON CONFLICT(client) DO UPDATE SET until = max(until, ?2)",
+                    params![client, until_ms],
+                ),
+            }
+            .map_err(|e| sqlite(path, "write a lockout event", e))?;
+        }
+        tx.commit()
+            .map_err(|e| sqlite(path, "commit the lockout events", e))
+    }
+
+    /// Failures at or after `since_ms` and locks still in force at `now_ms`.
+    pub fn lockout_state(&self, since_ms: i64, now_ms: i64) -> Result<LockoutState, Error> {
+        let path = &self.path;
+        let pairs = |sql: &str, arg: i64| -> Result<Vec<(String, i64)>, Error> {
+            let mut stmt = self
+                .conn
+                .prepare(sql)
+                .map_err(|e| sqlite(path, "read the lockout state", e))?;
+            let rows = stmt
+                .query_map(params![arg], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| sqlite(path, "read the lockout state", e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| sqlite(path, "read the lockout state", e))
+        };
+        Ok(LockoutState {
+            failures: pairs(
+                "SELECT client, at FROM auth_failures WHERE at >= ?1 ORDER BY at",
+                since_ms,
+            )?,
+            locks: pairs(
+                "SELECT client, until FROM lockouts WHERE until > ?1",
+                now_ms,
+            )?,
+        })
+    }
+
+    /// Deletes failures older than `before_ms` and locks that ended by `now_ms`; returns how
+    /// many rows went.
+    pub fn prune_lockout(&self, before_ms: i64, now_ms: i64) -> Result<usize, Error> {
+        let failures = self
+            .conn
+            .execute(
+                "DELETE FROM auth_failures WHERE at < ?1",
+                params![before_ms],
+            )
+            .map_err(|e| sqlite(&self.path, "delete old authentication failures", e))?;
+        let locks = self
+            .conn
+            .execute("DELETE FROM lockouts WHERE until <= ?1", params![now_ms])
+            .map_err(|e| sqlite(&self.path, "delete ended lockouts", e))?;
+        Ok(failures + locks)
+    }
+
     /// The newest `limit` request rows, newest first (for reports and tests).
     pub fn recent_requests(&self, limit: u32) -> Result<Vec<RequestRow>, Error> {
         let path = &self.path;
@@ -240,6 +339,43 @@ mod tests {
             StateDb::open(&path).unwrap().accepted().unwrap(),
             Some(accepted)
         );
+    }
+
+    #[test]
+    fn lockout_events_survive_a_reopen_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let mut db = StateDb::open(&path).unwrap();
+        let failure = |client: &str, at_ms| AuthEvent::Failure {
+            client: client.into(),
+            at_ms,
+        };
+        db.insert_auth_events(&[
+            failure("192.0.2.1", 1_000),
+            failure("192.0.2.1", 2_000),
+            failure("2001:db8::/64", 3_000),
+            AuthEvent::Locked {
+                client: "192.0.2.1".into(),
+                until_ms: 10_000,
+            },
+            AuthEvent::Locked {
+                client: "192.0.2.1".into(),
+                until_ms: 5_000,
+            },
+        ])
+        .unwrap();
+        drop(db);
+        let db = StateDb::open(&path).unwrap();
+        let state = db.lockout_state(2_000, 4_000).unwrap();
+        assert_eq!(
+            state.failures,
+            [("192.0.2.1".into(), 2_000), ("2001:db8::/64".into(), 3_000)]
+        );
+        // A shorter lock never shortens a longer one.
+        assert_eq!(state.locks, [("192.0.2.1".into(), 10_000)]);
+        assert_eq!(db.prune_lockout(2_500, 10_000).unwrap(), 3);
+        assert_eq!(db.lockout_state(0, 0).unwrap().failures.len(), 1);
+        assert!(db.lockout_state(0, 0).unwrap().locks.is_empty());
     }
 
     #[test]

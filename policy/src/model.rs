@@ -42,6 +42,8 @@ pub struct Access {
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) lockout: Lockout,
+    /// `None`: the default (120 when keys are required, unlimited when they are not).
+    pub(crate) unauthenticated_requests_per_minute: Option<u32>,
     pub(crate) groups: Vec<Group>,
 }
 
@@ -289,6 +291,9 @@ impl fmt::Debug for PolicyDigest {
     }
 }
 
+/// Default per-address limit on requests without a valid key, when keys are required.
+pub(crate) const DEFAULT_UNAUTHENTICATED_RPM: u32 = 120;
+
 // === impl Access ===
 
 impl Access {
@@ -320,6 +325,17 @@ impl Access {
     /// Brute-force lockout thresholds.
     pub fn lockout(&self) -> &Lockout {
         &self.lockout
+    }
+
+    /// Requests per minute one client address (an IPv6 /64) may make without a valid key:
+    /// the policy's value, else 120 when keys are required and no limit when they are not
+    /// (a keyless policy only listens on loopback).
+    pub fn unauthenticated_requests_per_minute(&self) -> Option<u32> {
+        match self.unauthenticated_requests_per_minute {
+            Some(rpm) => Some(rpm),
+            None if self.require_api_keys => Some(DEFAULT_UNAUTHENTICATED_RPM),
+            None => None,
+        }
     }
 
     /// Key groups, in file order; never empty (an implicit `default` when none is written).

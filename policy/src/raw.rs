@@ -37,6 +37,7 @@ pub(crate) struct RawAccess {
     pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
     pub(crate) cors_origins: Option<Vec<Spanned<String>>>,
     pub(crate) lockout: Option<Spanned<RawLockout>>,
+    pub(crate) unauthenticated_requests_per_minute: Option<Spanned<i64>>,
     pub(crate) groups: Option<Vec<Spanned<RawGroup>>>,
 }
 

@@ -229,6 +229,14 @@ fn every_validation_rule_names_line_field_and_problem() {
             ":4 access.cors_origins[0]: an origin is exactly scheme://host[:port]",
         ),
         (
+            "unauthenticated rate limit out of range",
+            base.replace(
+                "require_api_keys = true",
+                "unauthenticated_requests_per_minute = 0",
+            ),
+            ":4 access.unauthenticated_requests_per_minute: must be between 1 and 1000000",
+        ),
+        (
             "lockout out of range",
             with("[access.lockout]\nmax_failures = 0\n"),
             ":16 access.lockout.max_failures: must be between 1 and 1000",

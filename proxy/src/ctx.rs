@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub usage: Usage,
     /// Whether the response body ended early (client gone, upstream broke, timeout).
     pub cut_short: Option<&'static str>,
+    /// The browser origin, when the policy's `cors_origins` allows it: the response says so.
+    pub cors_origin: Option<http::HeaderValue>,
 }
 
 /// An authenticated caller.
@@ -78,6 +80,7 @@ impl RequestCtx {
             dialect,
             endpoint: None,
             caller: None,
+            cors_origin: None,
             model: None,
             stream: false,
             provider: None,

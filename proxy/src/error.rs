@@ -87,6 +87,21 @@ pub enum Reject {
     /// The client's address is not admitted by the policy.
     #[error("the client address is not allowed")]
     AddressDenied,
+    /// The client's address is locked out after too many failed authentications.
+    #[error("locked out after failed authentications")]
+    LockedOut {
+        /// Seconds until the lock ends (`Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// The caller's key, or its address without a valid key, is over its request rate.
+    #[error("rate limited")]
+    RateLimited {
+        /// Seconds until a request would be admitted (`Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// A browser origin the policy's `cors_origins` does not list.
+    #[error("browser origin not allowed")]
+    OriginDenied,
     /// The policy requires a key and none was sent.
     #[error("no API key")]
     MissingKey,
@@ -193,6 +208,9 @@ impl Reject {
         match self {
             Self::NoRoute
             | Self::AddressDenied
+            | Self::LockedOut { .. }
+            | Self::RateLimited { .. }
+            | Self::OriginDenied
             | Self::MissingKey
             | Self::InvalidKey
             | Self::ConflictingKeys

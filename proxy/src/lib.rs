@@ -18,11 +18,15 @@ use krouter_config::state::StateDb;
 use krouter_policy::AcceptedPolicy;
 use tokio::net::TcpListener;
 
+pub mod address;
 pub mod body;
 pub mod check;
+pub mod cors;
 pub mod ctx;
 pub mod dialect;
 mod error;
+pub mod limits;
+pub mod lockout;
 pub mod logging;
 pub mod pipeline;
 pub mod recorder;
@@ -38,6 +42,8 @@ pub mod fuzzing;
 
 pub use error::{Error, Origin, Reject, UpstreamFailure};
 
+use limits::Limits;
+use lockout::Lockouts;
 use pipeline::Shared;
 use recorder::Recorder;
 use reload::Watcher;
@@ -76,6 +82,12 @@ pub async fn run(
             source,
         })?;
 
+    // Failures within the longest window a policy may set, and the locks still in force.
+    let now = ctx::now_ms();
+    let lockouts = state
+        .lockout_state(now.saturating_sub(TIDY_LOOKBACK_MS), now)
+        .map(Lockouts::restore)?;
+
     let keys = KeyTable::new(api_keys);
     let serial = policy.serial().get();
     let shared = Arc::new(Shared {
@@ -83,6 +95,8 @@ pub async fn run(
         upstream,
         recorder,
         api_key_secret,
+        lockouts,
+        limits: Limits::default(),
     });
 
     let listener = TcpListener::bind(listen)
@@ -97,10 +111,13 @@ pub async fn run(
             what: "the reload watcher",
             source,
         })?;
+    let tidy = tokio::spawn(tidy(Arc::clone(&shared)));
     tracing::info!(addr = %bound, policy_serial = serial, version = VERSION, "listening");
 
     serve::run(listener, Arc::clone(&shared), shutdown).await;
 
+    tidy.abort();
+    let _aborted = tidy.await;
     watcher.stop();
     let dropped = shared.recorder.dropped();
     drop(shared);
@@ -108,4 +125,25 @@ pub async fn run(
         tokio::task::spawn_blocking(move || recorder_thread.finish(Duration::from_secs(3))).await;
     tracing::info!(metadata_rows_dropped = dropped, "stopped");
     Ok(())
+}
+
+/// How far back start-up reads failed authentications: the longest lockout window.
+const TIDY_LOOKBACK_MS: i64 = 86_400_000;
+/// How often rate-limit buckets and lockout entries that no longer matter are dropped.
+const TIDY_EVERY: Duration = Duration::from_secs(30);
+
+/// Keeps the lockout table and the rate limiters small: every [`TIDY_EVERY`], drops what
+/// no longer matters under the policy in force.
+async fn tidy(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(TIDY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let snapshot = shared.live.load();
+        let access = snapshot.policy().access();
+        shared.limits.tidy(access.groups().iter().map(|g| g.name()));
+        shared
+            .lockouts
+            .prune(ctx::now_ms(), access.lockout().window());
+    }
 }

@@ -2,9 +2,13 @@
 //! stage is a module with one entry function over the request's [`RequestCtx`], and no
 //! stage calls another.
 //!
-//! 1. [`accept`]: limits checked before anything is read (declared body size).
-//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 404.
-//! 3. [`admit`]: client address, then the API key (checksum before lookup; revoked, expired).
+//! 1. [`accept`]: limits checked before anything is read (declared body size). Only the
+//!    client address check ([`admit::address`]: allow and deny lists, lockout) comes before
+//!    it, because the policy says addresses are checked before anything else.
+//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 404. A CORS
+//!    preflight is answered just before ([`crate::cors`]).
+//! 3. [`admit`]: the browser origin, the API key (checksum before lookup; revoked, expired;
+//!    failures counted toward the lockout), then the request rate.
 //! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).
 //! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect.
 //! 6. [`forward`]: the upstream request (header allowlist, credential, SSRF-checked
@@ -26,6 +30,8 @@ use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::dialect;
 use crate::error::Reject;
+use crate::limits::Limits;
+use crate::lockout::Lockouts;
 use crate::recorder::Recorder;
 use crate::respond;
 use crate::snapshot::Live;
@@ -40,8 +46,8 @@ pub mod record;
 pub mod relay;
 pub mod route;
 
-/// What every request shares: the live snapshot, the upstream client, the metadata
-/// recorder and the secret that turns an API key into its digest.
+/// What every request shares: the live snapshot, the upstream client, the state recorder,
+/// the secret that turns an API key into its digest, the lockout table and the rate limits.
 pub struct Shared {
     /// The policy and store view in force.
     pub live: Live,
@@ -51,6 +57,10 @@ pub struct Shared {
     pub recorder: Recorder,
     /// `API_KEY_SECRET`.
     pub api_key_secret: ApiKeySecret,
+    /// Failed authentications and locked addresses.
+    pub lockouts: Lockouts,
+    /// Request-rate limiters.
+    pub limits: Limits,
 }
 
 /// How the stages ended, short of a rejection.
@@ -64,9 +74,12 @@ enum Outcome {
 }
 
 /// Serves one request.
-pub async fn handle(request: Request<Incoming>, client: IpAddr, shared: &Shared) -> Response<Body> {
+pub async fn handle(request: Request<Incoming>, peer: IpAddr, shared: &Shared) -> Response<Body> {
     let dialect = dialect::guess(request.uri().path(), request.headers());
-    let mut ctx = RequestCtx::new(client, shared.live.load(), dialect);
+    let snapshot = shared.live.load();
+    let trusted = snapshot.policy().access().trusted_proxies();
+    let client = crate::address::client(peer, request.headers(), trusted);
+    let mut ctx = RequestCtx::new(client, snapshot, dialect);
     match stages(request, &mut ctx, shared).await {
         Ok(Outcome::Health(response)) => response,
         Ok(Outcome::Answered(response)) => {
@@ -95,7 +108,11 @@ async fn stages(
     shared: &Shared,
 ) -> Result<Outcome, Reject> {
     let (parts, body) = request.into_parts();
+    admit::address(ctx, shared)?;
     accept::limits(&parts, ctx)?;
+    if crate::cors::is_preflight(&parts) {
+        return Ok(Outcome::Answered(crate::cors::preflight(&parts, ctx)?));
+    }
     let endpoint = match classify::request(&parts, ctx)? {
         classify::Class::Health => {
             return Ok(Outcome::Health(health(ctx, StatusCode::OK, "ok")));
@@ -110,7 +127,7 @@ async fn stages(
         }
         classify::Class::Api(endpoint) => endpoint,
     };
-    admit::caller(&parts, ctx, &shared.api_key_secret)?;
+    admit::caller(&parts, ctx, shared)?;
     if endpoint == dialect::Endpoint::Models {
         let list = route::models(ctx);
         return Ok(Outcome::Answered(respond::json(StatusCode::OK, list, ctx)));

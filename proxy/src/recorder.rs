@@ -1,5 +1,5 @@
-//! The metadata writer: request rows go through a bounded queue to one thread that writes
-//! them to `state/state.sqlite` in batches, off the request path. When the queue is full a
+//! The state writer: request rows and lockout events go through a bounded queue to one
+//! thread that writes them to `state/state.sqlite` in batches, off the request path. When the queue is full a
 //! row is dropped and counted, never waited for: a slow disk must not slow requests. The
 //! writer gathers rows for a short window before each transaction. Rows
 //! older than the policy's retention are deleted every ten minutes (and at the first row).
@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use krouter_config::state::{RequestRow, StateDb};
+use krouter_config::state::{AuthEvent, RequestRow, StateDb};
 
 /// Rows waiting to be written, at most.
 pub const QUEUE: usize = 4096;
@@ -22,11 +22,22 @@ const WINDOW: Duration = Duration::from_millis(50);
 /// How often rows older than the policy's retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// How long failed authentications are kept: the longest lockout window a policy may set.
+const AUTH_FAILURES_KEPT: Duration = Duration::from_secs(86_400);
+
 /// The sending side, cloned into every request.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: Option<SyncSender<(Duration, RequestRow)>>,
+    queue: Option<SyncSender<Message>>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread is sent.
+enum Message {
+    /// A request row, kept for the given retention.
+    Request(Duration, RequestRow),
+    /// A failed authentication or a lock.
+    Auth(AuthEvent),
 }
 
 /// The writer thread, joined at shutdown so queued rows are written.
@@ -62,8 +73,29 @@ impl Recorder {
     /// Queues `row`, to be kept for `retention` (the policy's `[logging] retention_days`),
     /// or drops and counts it if the queue is full.
     pub fn send(&self, retention: Duration, row: RequestRow) {
-        let Some(queue) = &self.queue else { return };
-        match queue.try_send((retention, row)) {
+        self.queue(Message::Request(retention, row));
+    }
+
+    /// Queues a lockout event, or drops and counts it if the queue is full.
+    pub fn auth_event(&self, event: AuthEvent) {
+        self.queue(Message::Auth(event));
+    }
+
+    /// A recorder with no writer: everything sent is dropped and counted.
+    #[cfg(test)]
+    pub(crate) fn disconnected() -> Self {
+        Self {
+            queue: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn queue(&self, message: Message) {
+        let Some(queue) = &self.queue else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match queue.try_send(message) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -96,42 +128,58 @@ impl RecorderThread {
     }
 }
 
-fn write_loop(
-    mut db: StateDb,
-    rows: &Receiver<(Duration, RequestRow)>,
-    dropped: &AtomicU64,
-    stop: &AtomicBool,
-) {
+fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, stop: &AtomicBool) {
     let mut reported = 0;
     let mut pruned: Option<Instant> = None;
+    let mut retention = Duration::ZERO;
     loop {
-        let (mut retention, first) = match rows.recv_timeout(WINDOW) {
-            Ok(row) => row,
+        let first = match rows.recv_timeout(WINDOW) {
+            Ok(message) => message,
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         };
         if !stop.load(Ordering::Relaxed) {
             std::thread::sleep(WINDOW);
         }
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rows.try_recv() {
-                Ok((kept_for, row)) => {
+        let mut batch = Vec::new();
+        let mut auth = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Request(kept_for, row) => {
                     retention = kept_for;
                     batch.push(row);
                 }
-                Err(_) => break,
+                Message::Auth(event) => auth.push(event),
+            }
+            if batch.len() + auth.len() < BATCH {
+                next = rows.try_recv().ok();
             }
         }
         if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            let now = crate::ctx::now_ms();
             let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-            let before = crate::ctx::now_ms().saturating_sub(keep_ms);
-            match db.prune_requests(before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "old request metadata removed"),
-                Err(error) => tracing::warn!(%error, "could not remove old request metadata"),
+            if !batch.is_empty() {
+                match db.prune_requests(now.saturating_sub(keep_ms)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "old request metadata removed"),
+                    Err(error) => tracing::warn!(%error, "could not remove old request metadata"),
+                }
+            }
+            let failures_ms = i64::try_from(AUTH_FAILURES_KEPT.as_millis()).unwrap_or(i64::MAX);
+            if let Err(error) = db.prune_lockout(now.saturating_sub(failures_ms), now) {
+                tracing::warn!(%error, "could not remove old lockout rows");
             }
             pruned = Some(Instant::now());
+        }
+        if !auth.is_empty()
+            && let Err(error) = db.insert_auth_events(&auth)
+        {
+            dropped.fetch_add(auth.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%error, events = auth.len(), "could not write lockout events");
+        }
+        if batch.is_empty() {
+            continue;
         }
         if let Err(error) = db.insert_requests(&batch) {
             dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -31,6 +31,21 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
             K::Permission,
             "Requests from this address are not allowed.",
         ),
+        Reject::LockedOut { .. } => (
+            S::TOO_MANY_REQUESTS,
+            K::RateLimit,
+            "Too many failed authentication attempts from this address; try again later.",
+        ),
+        Reject::RateLimited { .. } => (
+            S::TOO_MANY_REQUESTS,
+            K::RateLimit,
+            "Rate limit exceeded; retry after the time in the Retry-After header.",
+        ),
+        Reject::OriginDenied => (
+            S::FORBIDDEN,
+            K::Permission,
+            "Requests from this web origin are not allowed.",
+        ),
         Reject::MissingKey => (
             S::UNAUTHORIZED,
             K::Authentication,
@@ -146,7 +161,37 @@ pub fn reject(reject: &Reject, ctx: &mut RequestCtx) -> Response<Body> {
             .headers_mut()
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
     }
+    if let Some(seconds) = retry_after(reject) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
+}
+
+/// Whole seconds (at least 1) a client should wait, for the rejections that say so.
+fn retry_after(reject: &Reject) -> Option<u64> {
+    match reject {
+        Reject::LockedOut { retry_after_secs } | Reject::RateLimited { retry_after_secs } => {
+            Some((*retry_after_secs).max(1))
+        }
+        Reject::NoRoute
+        | Reject::AddressDenied
+        | Reject::OriginDenied
+        | Reject::MissingKey
+        | Reject::InvalidKey
+        | Reject::ConflictingKeys
+        | Reject::BrowserWithoutKey
+        | Reject::RevokedKey
+        | Reject::ExpiredKey
+        | Reject::ModelNotAllowed
+        | Reject::BodyTooLarge
+        | Reject::BadBody { .. }
+        | Reject::UnknownModel
+        | Reject::WrongDialect
+        | Reject::Upstream(_)
+        | Reject::Internal { .. } => None,
+    }
 }
 
 /// A JSON response krouter writes itself.
@@ -171,6 +216,9 @@ pub fn stamp<B>(response: &mut Response<B>, ctx: &RequestCtx) {
                 .insert(ANTHROPIC_REQUEST_ID, value.clone());
         }
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if let Some(origin) = &ctx.cors_origin {
+        crate::cors::allow(response.headers_mut(), origin);
     }
 }
 

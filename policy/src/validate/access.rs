@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use crate::model::{Access, Group, Lockout};
+use crate::model::{Access, DEFAULT_UNAUTHENTICATED_RPM, Group, Lockout};
 use crate::raw::{RawAccess, RawGroup, RawLockout};
 use crate::secret_like::shown;
 use crate::validate::{Bounds, Checker};
@@ -27,6 +27,7 @@ impl Checker<'_> {
             trusted_proxies: None,
             cors_origins: None,
             lockout: None,
+            unauthenticated_requests_per_minute: None,
             groups: None,
         };
         let a = spanned.map_or(&empty, Spanned::get_ref);
@@ -35,6 +36,15 @@ impl Checker<'_> {
         let trusted_proxies = self.networks(a.trusted_proxies.as_deref(), "access.trusted_proxies");
         let cors_origins = self.origins(a.cors_origins.as_deref());
         let lockout = self.lockout(a.lockout.as_ref().map(Spanned::get_ref));
+        let unauthenticated_rpm = self.count(
+            &a.unauthenticated_requests_per_minute,
+            "access.unauthenticated_requests_per_minute",
+            &Bounds {
+                min: 1,
+                max: 1_000_000,
+                default: i64::from(DEFAULT_UNAUTHENTICATED_RPM),
+            },
+        );
         let groups = match &a.groups {
             None => vec![Group {
                 name: "default".to_owned(),
@@ -73,6 +83,10 @@ impl Checker<'_> {
             trusted_proxies,
             cors_origins,
             lockout,
+            unauthenticated_requests_per_minute: a
+                .unauthenticated_requests_per_minute
+                .as_ref()
+                .map(|_| unauthenticated_rpm),
             groups,
         })
     }

@@ -1,31 +1,130 @@
-//! Stage 3, admit: the client's address against the policy's allow and deny lists, then the
-//! API key, from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
-//! The key's checksum is checked before any lookup, so a typo or a random string costs no
-//! HMAC; the lookup is by HMAC digest, confirmed in constant time. Revoked and expired keys
-//! are refused with their own message. Lockout and rate limits join this stage later.
+//! Stage 3, admit: who may talk to krouter. [`address`] runs first, before any other stage:
+//! the client address (the socket peer, or what a trusted proxy says in `X-Forwarded-For`)
+//! against the policy's deny and allow lists, then the brute-force lockout, so a locked
+//! address is answered 429 before any key is looked at. [`caller`] then checks the browser
+//! origin (CORS) and the API key, from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
+//! (Anthropic SDKs): checksum before any lookup, so a typo or a random string costs no HMAC;
+//! lookup by HMAC digest, confirmed in constant time; revoked and expired keys refused with
+//! their own message. Every failed authentication is logged (address and reason, the key id
+//! only when the key was found, never key material) and counted toward the lockout. Last,
+//! the request rate: per key at its group's `requests_per_minute`, per address for requests
+//! without a valid key.
+
+use std::time::Duration;
 
 use http::HeaderMap;
 use http::request::Parts;
 use krouter_config::apikey::{ApiKey, KeyDigest};
-use krouter_config::secret::ApiKeySecret;
 
+use super::Shared;
+use crate::address::ClientKey;
+use crate::cors::{self, Origin};
 use crate::ctx::{Caller, RequestCtx};
 use crate::error::Reject;
+use crate::lockout::{Failure, Rules};
 
-/// Admits the caller or says why not.
-pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Result<(), Reject> {
-    let policy = ctx.snapshot.policy();
-    if !policy.access().ip_admitted(ctx.client) {
+/// Admits the client address: allow and deny lists, then the lockout.
+pub fn address(ctx: &RequestCtx, shared: &Shared) -> Result<(), Reject> {
+    if !ctx.snapshot.policy().access().ip_admitted(ctx.client) {
         return Err(Reject::AddressDenied);
     }
-    let Some(presented) = presented_key(&parts.headers)? else {
-        if policy.access().require_api_keys() {
-            return Err(Reject::MissingKey);
+    match shared.lockouts.locked(ClientKey::of(ctx.client), ctx.at_ms) {
+        Some(left) => Err(Reject::LockedOut {
+            retry_after_secs: seconds(left),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Admits the caller or says why not.
+pub fn caller(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<(), Reject> {
+    let result = authenticate(parts, ctx, shared);
+    let access = ctx.snapshot.policy().access();
+    let client = ClientKey::of(ctx.client);
+    match result {
+        Ok(()) => {
+            let caller = ctx.caller.as_ref();
+            let limit = caller
+                .and_then(|c| Some((c.key_id.as_deref()?, c.group.as_deref()?)))
+                .and_then(|(id, group)| {
+                    Some((id, group, access.group(group)?.requests_per_minute()?))
+                });
+            match (limit, access.unauthenticated_requests_per_minute()) {
+                (Some((id, group, per_minute)), _) => shared.limits.key(group, per_minute, id),
+                // Keyless policy: every caller is anonymous and counted by address.
+                (None, Some(per_minute)) if caller.is_some_and(|c| c.key_id.is_none()) => {
+                    shared.limits.address(per_minute, client)
+                }
+                (None, _) => Ok(()),
+            }
+            .map_err(|wait| Reject::RateLimited {
+                retry_after_secs: seconds(wait),
+            })
+        }
+        Err(reject) if counts_as_failure(&reject) => {
+            let key_id = ctx.caller.as_ref().and_then(|c| c.key_id.as_deref());
+            let failure = shared.lockouts.fail(
+                client,
+                ctx.at_ms,
+                Rules::from(access.lockout()),
+                &shared.recorder,
+            );
+            tracing::warn!(
+                client = %ctx.client,
+                reason = %reject,
+                key_id,
+                "authentication failed"
+            );
+            if let Failure::Locked(lock) = failure {
+                tracing::warn!(
+                    client = %client,
+                    failures = access.lockout().max_failures(),
+                    window_secs = access.lockout().window().as_secs(),
+                    locked_secs = lock.as_secs(),
+                    "client locked out after failed authentications"
+                );
+                return Err(Reject::LockedOut {
+                    retry_after_secs: seconds(lock),
+                });
+            }
+            // Without a valid key, the address's own request rate applies.
+            if let Some(per_minute) = access.unauthenticated_requests_per_minute()
+                && let Err(wait) = shared.limits.address(per_minute, client)
+            {
+                return Err(Reject::RateLimited {
+                    retry_after_secs: seconds(wait),
+                });
+            }
+            Err(reject)
+        }
+        Err(reject) => Err(reject),
+    }
+}
+
+/// The origin and key checks.
+fn authenticate(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<(), Reject> {
+    let policy = ctx.snapshot.policy();
+    let from_browser = match cors::origin(&parts.headers, policy.access()) {
+        Origin::Absent => false,
+        Origin::Allowed(origin) => {
+            ctx.cors_origin = Some(origin);
+            true
         }
         // Without keys (loopback only), a web page the operator visits could otherwise
         // spend the provider credentials: browsers send Origin on every cross-site and
         // rebinding POST, and API clients never do.
-        if parts.headers.contains_key(http::header::ORIGIN) {
+        Origin::Denied if !policy.access().require_api_keys() => {
+            return Err(Reject::BrowserWithoutKey);
+        }
+        Origin::Denied => return Err(Reject::OriginDenied),
+    };
+    let Some(presented) = presented_key(&parts.headers)? else {
+        if policy.access().require_api_keys() {
+            return Err(Reject::MissingKey);
+        }
+        if from_browser {
+            // A listed origin still needs a key: "allowed to read responses" is not
+            // "allowed to spend credentials anonymously".
             return Err(Reject::BrowserWithoutKey);
         }
         ctx.caller = Some(Caller {
@@ -36,7 +135,7 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
         return Ok(());
     };
     let key = ApiKey::parse(presented).map_err(|_| Reject::InvalidKey)?;
-    let digest = KeyDigest::of(secret, &key);
+    let digest = KeyDigest::of(&shared.api_key_secret, &key);
     let entry = ctx
         .snapshot
         .keys()
@@ -57,6 +156,35 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, secret: &ApiKeySecret) -> Res
         return Err(Reject::ExpiredKey);
     }
     Ok(())
+}
+
+/// Whether a rejection is a failed authentication, counted toward the lockout.
+fn counts_as_failure(reject: &Reject) -> bool {
+    match reject {
+        Reject::MissingKey
+        | Reject::InvalidKey
+        | Reject::ConflictingKeys
+        | Reject::RevokedKey
+        | Reject::ExpiredKey => true,
+        Reject::NoRoute
+        | Reject::AddressDenied
+        | Reject::LockedOut { .. }
+        | Reject::RateLimited { .. }
+        | Reject::OriginDenied
+        | Reject::BrowserWithoutKey
+        | Reject::ModelNotAllowed
+        | Reject::BodyTooLarge
+        | Reject::BadBody { .. }
+        | Reject::UnknownModel
+        | Reject::WrongDialect
+        | Reject::Upstream(_)
+        | Reject::Internal { .. } => false,
+    }
+}
+
+/// Whole seconds, rounded up, for `Retry-After`.
+fn seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// The key the client sent, if any: the bearer token, or `x-api-key`; both present and
