@@ -204,11 +204,20 @@ impl StateDb {
                     "INSERT INTO auth_failures (client, at) VALUES (?1, ?2)",
                     params![client, at_ms],
                 ),
-                AuthEvent::Locked { client, until_ms } => tx.execute(
-                    "INSERT INTO lockouts (client, until) VALUES (?1, ?2)
-                     ON CONFLICT(client) DO UPDATE SET until = max(until, ?2)",
-                    params![client, until_ms],
-                ),
+                // A lock uses up the failures that caused it (as the proxy's table does), so
+                // a restart after the lock ends does not count them again.
+                AuthEvent::Locked { client, until_ms } => tx
+                    .execute(
+                        "DELETE FROM auth_failures WHERE client = ?1",
+                        params![client],
+                    )
+                    .and_then(|_| {
+                        tx.execute(
+                            "INSERT INTO lockouts (client, until) VALUES (?1, ?2)
+                             ON CONFLICT(client) DO UPDATE SET until = max(until, ?2)",
+                            params![client, until_ms],
+                        )
+                    }),
             }
             .map_err(|e| sqlite(path, "write a lockout event", e))?;
         }
@@ -366,15 +375,13 @@ mod tests {
         .unwrap();
         drop(db);
         let db = StateDb::open(&path).unwrap();
-        let state = db.lockout_state(2_000, 4_000).unwrap();
-        assert_eq!(
-            state.failures,
-            [("192.0.2.1".into(), 2_000), ("2001:db8::/64".into(), 3_000)]
-        );
+        let state = db.lockout_state(0, 4_000).unwrap();
+        // The lock used up 192.0.2.1's failures.
+        assert_eq!(state.failures, [("2001:db8::/64".into(), 3_000)]);
         // A shorter lock never shortens a longer one.
         assert_eq!(state.locks, [("192.0.2.1".into(), 10_000)]);
-        assert_eq!(db.prune_lockout(2_500, 10_000).unwrap(), 3);
-        assert_eq!(db.lockout_state(0, 0).unwrap().failures.len(), 1);
+        assert_eq!(db.prune_lockout(3_500, 10_000).unwrap(), 2);
+        assert!(db.lockout_state(0, 0).unwrap().failures.is_empty());
         assert!(db.lockout_state(0, 0).unwrap().locks.is_empty());
     }
 

@@ -11,6 +11,7 @@
 
 mod e2e {
     mod conventions;
+    mod edge_access;
     mod policy_cli;
     mod proxy_check;
     mod proxy_live;
