@@ -31,7 +31,7 @@ pub use load::{
 };
 pub use model::{
     Access, Breaker, Group, Lockout, Logging, Policy, PolicyDigest, Provider, ProviderKind,
-    Resilience, Route, Serial, Summary, Target, Timeouts,
+    Resilience, Route, Serial, Summary, Target, Timeouts, canonical,
 };
 pub use signature::{
     KeyId, PolicySignature, SIGNATURE_CONTEXT, SigningKey, SigningKeyFile, TrustedKey, TrustedKeys,

@@ -359,7 +359,7 @@ impl Access {
 }
 
 /// An IPv4-mapped IPv6 peer is its IPv4 address, so IPv4 rules apply to it.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         IpAddr::V4(_) => ip,

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use http::HeaderMap;
 use ipnet::IpNet;
+use krouter_policy::canonical;
 
 /// The client address to decide on: the peer, or what trusted proxies say the peer was.
 pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -40,7 +41,7 @@ pub enum ClientKey {
     /// An IPv4 client.
     V4([u8; 4]),
     /// The first 64 bits of an IPv6 client.
-    V6([u8; 8]),
+    V6(u64),
 }
 
 // === impl ClientKey ===
@@ -50,12 +51,7 @@ impl ClientKey {
     pub fn of(ip: IpAddr) -> Self {
         match canonical(ip) {
             IpAddr::V4(v4) => Self::V4(v4.octets()),
-            IpAddr::V6(v6) => {
-                let octets = v6.octets();
-                let mut prefix = [0; 8];
-                prefix.copy_from_slice(octets.get(..8).unwrap_or(&[0; 8]));
-                Self::V6(prefix)
-            }
+            IpAddr::V6(v6) => Self::V6(u64::try_from(u128::from(v6) >> 64).unwrap_or(0)),
         }
     }
 
@@ -76,23 +72,8 @@ impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::V4(octets) => write!(f, "{}", IpAddr::from(*octets)),
-            Self::V6(prefix) => {
-                let mut octets = [0; 16];
-                octets
-                    .get_mut(..8)
-                    .map(|head| head.copy_from_slice(prefix))
-                    .unwrap_or_default();
-                write!(f, "{}/64", Ipv6Addr::from(octets))
-            }
+            Self::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*prefix) << 64)),
         }
-    }
-}
-
-/// An IPv4-mapped IPv6 address is its IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 

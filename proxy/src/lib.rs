@@ -82,10 +82,14 @@ pub async fn run(
             source,
         })?;
 
-    // Failures within the longest window a policy may set, and the locks still in force.
+    // Failures within the policy's lockout window, and the locks still in force.
     let now = ctx::now_ms();
+    let window = policy.access().lockout().window().as_millis();
     let lockouts = state
-        .lockout_state(now.saturating_sub(TIDY_LOOKBACK_MS), now)
+        .lockout_state(
+            now.saturating_sub(i64::try_from(window).unwrap_or(i64::MAX)),
+            now,
+        )
         .map(Lockouts::restore)?;
 
     let keys = KeyTable::new(api_keys);
@@ -127,8 +131,6 @@ pub async fn run(
     Ok(())
 }
 
-/// How far back start-up reads failed authentications: the longest lockout window.
-const TIDY_LOOKBACK_MS: i64 = 86_400_000;
 /// How often rate-limit buckets and lockout entries that no longer matter are dropped.
 const TIDY_EVERY: Duration = Duration::from_secs(30);
 

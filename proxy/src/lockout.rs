@@ -76,12 +76,10 @@ impl Lockouts {
                 entry.locked_until = entry.locked_until.max(until_ms);
             }
         }
-        // Restored failures are trimmed to the policy's bound on their next use.
-        while table.len() > MAX_CLIENTS {
-            let Some(key) = table.keys().next().copied() else {
-                break;
-            };
-            table.remove(&key);
+        // Restored failures are trimmed to the policy's bound on their next use; past the
+        // table's bound, counts go before locks, as while serving.
+        if table.len() > MAX_CLIENTS {
+            table.retain(|_, entry| entry.locked_until > 0);
         }
         Self {
             tracked: AtomicUsize::new(table.len()),
