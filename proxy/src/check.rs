@@ -110,18 +110,15 @@ pub fn sandbox(loaded: &Loaded, out: &mut dyn std::io::Write) -> Result<(), Erro
     for (path, why) in &applied.skipped {
         let _ = writeln!(text, "  no rule     {} ({why})", path.display());
     }
-    let ports = |ports: &mut dyn Iterator<Item = u16>| {
-        ports.map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-    };
     let _ = writeln!(
         text,
         "  bind TCP    {}",
-        ports(&mut plan.bind_ports().iter().copied())
+        sandbox::port_list(plan.bind_ports().iter().copied())
     );
     let _ = writeln!(
         text,
         "  connect TCP {}",
-        ports(&mut plan.connect_ports().iter())
+        sandbox::port_list(plan.connect_ports().iter())
     );
     text.push_str("checks:\n");
     let _ = out.write_all(text.as_bytes());

@@ -11,7 +11,13 @@ use krouter_proxy::sandbox::{self, Plan};
 
 /// krouter: a hardened, minimal, self-hosted AI router.
 #[derive(Debug, Parser)]
-#[command(name = "krouter", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "krouter",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

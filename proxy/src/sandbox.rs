@@ -2,7 +2,8 @@
 //! what the proxy may touch once start-up is over:
 //!
 //! - [`Plan`]: the paths with their access, the TCP port it may bind and the TCP ports it may
-//!   connect to, built from what start-up loaded and from nothing else;
+//!   connect to, built from what start-up loaded (plus the system files name resolution
+//!   reads);
 //! - [`apply`]: has the kernel enforce a plan on the calling thread and on every thread it
 //!   creates afterwards, best effort, and reports a [`Status`];
 //! - [`require`]: the `--require-sandbox` decision;
@@ -24,13 +25,18 @@ use krouter_config::secret::load::Origin;
 use krouter_config::settings::Settings;
 use krouter_policy::Policy;
 use landlock::{
-    ABI, Access as _, AccessFs, AccessNet, BitFlags, LandlockStatus, NetPort, PathBeneath, PathFd,
-    Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, RulesetError, RulesetStatus, Scope,
+    ABI, Access as _, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr as _, RulesetCreatedAttr as _, RulesetError, Scope,
 };
 
 use crate::startup::Loaded;
 
 pub mod proof;
+mod status;
+mod system;
+
+pub use status::{Applied, Missing, Status, missing_for};
+pub use system::{nss_modules, resolver_files};
 
 /// The newest Landlock ABI whose rights the sandbox asks for: every filesystem right up to
 /// ioctl on devices (ABI 5), TCP bind and connect (ABI 4), and signal and abstract UNIX socket
@@ -40,22 +46,6 @@ pub const TARGET_ABI: ABI = ABI::V6;
 
 /// DNS over TCP, which the resolver falls back to for large answers.
 pub const DNS_PORT: u16 = 53;
-
-/// Files name resolution (glibc's `getaddrinfo`) reads while krouter serves.
-const RESOLVER_FILES: [&str; 5] = [
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-];
-
-/// Where glibc looks for NSS modules (`libnss_<name>.so.2`), besides the multiarch
-/// subdirectories of `/lib` and `/usr/lib`.
-const LIBRARY_DIRS: [&str; 4] = ["/lib64", "/usr/lib64", "/lib", "/usr/lib"];
-
-/// NSS `hosts` services built into glibc 2.34 and later: no module file to load.
-const BUILT_IN_NSS: [&str; 2] = ["files", "dns"];
 
 /// What the sandbox allows, decided before it is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,50 +76,6 @@ pub enum Access {
 /// The TCP ports krouter may connect to: the start-up policy's upstream ports and DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectPorts(BTreeSet<u16>);
-
-/// What [`apply`] did.
-#[derive(Debug)]
-pub struct Applied {
-    /// How much of the plan the kernel enforces.
-    pub status: Status,
-    /// Paths that got no rule (they do not exist or cannot be opened), with the reason.
-    pub skipped: Vec<(PathBuf, String)>,
-}
-
-/// How much of the sandbox the running kernel enforces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    /// Every restriction of the plan.
-    FullyEnforced,
-    /// Some: the kernel lacks the features listed.
-    PartiallyEnforced {
-        /// What is not enforced.
-        missing: Vec<Missing>,
-    },
-    /// None: no Landlock.
-    NotEnforced {
-        /// Why.
-        reason: &'static str,
-    },
-}
-
-/// A part of the sandbox an older kernel cannot enforce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Missing {
-    /// Control of renaming and linking between directories (ABI 2).
-    Refer,
-    /// Control of truncation (ABI 3).
-    Truncate,
-    /// TCP bind and connect rules (ABI 4).
-    Network,
-    /// Control of ioctl on devices (ABI 5).
-    IoctlDev,
-    /// Signal and abstract UNIX socket scoping (ABI 6).
-    Scopes,
-    /// Something the landlock crate reported as not enforced without a known reason.
-    Other,
-}
 
 /// Why the sandbox could not be set up. Start-up stops: serving unsandboxed because of a bug
 /// would be silent.
@@ -287,7 +233,7 @@ impl Plan {
         &self.connect
     }
 
-    /// The state directory (the one read-write path), if the plan has one.
+    /// The read-write paths: the state directory.
     pub fn writable(&self) -> impl Iterator<Item = &Path> {
         self.paths
             .iter()
@@ -298,18 +244,12 @@ impl Plan {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ports = |set: &BTreeSet<u16>| {
-            set.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         write!(
             f,
             "{} path rule(s), bind TCP {}, connect TCP {}",
             self.paths.len(),
-            ports(&self.bind),
-            ports(&self.connect.0)
+            port_list(self.bind.iter().copied()),
+            port_list(self.connect.iter())
         )
     }
 }
@@ -386,129 +326,6 @@ impl ConnectPorts {
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().copied()
     }
-}
-
-// === impl Applied ===
-
-impl Applied {
-    /// The connect rules in force, if the kernel enforces them; `None` means any port is
-    /// reachable and a later policy needs no port check.
-    pub fn enforced_connect(&self, plan: &Plan) -> Option<ConnectPorts> {
-        self.status
-            .enforces_network()
-            .then(|| plan.connect_ports().clone())
-    }
-
-    /// Writes the status to the log: one INFO line when fully enforced, a WARN line naming
-    /// what is missing otherwise, and each skipped path at DEBUG.
-    pub fn log(&self, plan: &Plan) {
-        let rules = plan.to_string();
-        match &self.status {
-            Status::FullyEnforced => tracing::info!(%rules, "sandbox: fully enforced"),
-            Status::PartiallyEnforced { .. } => tracing::warn!(
-                %rules,
-                missing = %self.status,
-                "sandbox: partially enforced"
-            ),
-            Status::NotEnforced { reason } => {
-                tracing::warn!(reason, "sandbox: not enforced");
-            }
-        }
-        for (path, why) in &self.skipped {
-            tracing::debug!(path = %path.display(), why, "sandbox: no rule for a path");
-        }
-    }
-}
-
-// === impl Status ===
-
-impl Status {
-    /// The status from what `landlock_restrict_self` reported: the ruleset's enforcement and
-    /// the kernel's Landlock support.
-    pub fn from_kernel(ruleset: &RulesetStatus, landlock: LandlockStatus) -> Self {
-        let abi = match landlock {
-            LandlockStatus::NotEnabled => {
-                return Self::NotEnforced {
-                    reason: "this kernel has Landlock but it is not enabled (add landlock to the lsm= boot parameter)",
-                };
-            }
-            LandlockStatus::NotImplemented => {
-                return Self::NotEnforced {
-                    reason: "this kernel has no Landlock (Linux 5.13 or later built with it is needed), or a seccomp filter blocks its system calls",
-                };
-            }
-            LandlockStatus::Available { effective_abi, .. } => effective_abi,
-        };
-        let mut missing = missing_for(abi);
-        match ruleset {
-            RulesetStatus::FullyEnforced if missing.is_empty() => Self::FullyEnforced,
-            RulesetStatus::NotEnforced => Self::NotEnforced {
-                reason: "the kernel enforces none of the rights krouter asks for",
-            },
-            RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => {
-                if missing.is_empty() {
-                    missing.push(Missing::Other);
-                }
-                Self::PartiallyEnforced { missing }
-            }
-        }
-    }
-
-    /// Whether TCP connect rules are enforced.
-    pub fn enforces_network(&self) -> bool {
-        match self {
-            Self::FullyEnforced => true,
-            Self::PartiallyEnforced { missing } => !missing.contains(&Missing::Network),
-            Self::NotEnforced { .. } => false,
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::FullyEnforced => f.write_str("fully enforced"),
-            Self::PartiallyEnforced { missing } => {
-                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
-                write!(
-                    f,
-                    "partially enforced; this kernel cannot enforce: {}",
-                    missing.join("; ")
-                )
-            }
-            Self::NotEnforced { reason } => write!(f, "not enforced: {reason}"),
-        }
-    }
-}
-
-impl fmt::Display for Missing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Refer => {
-                "control of renames and links between directories (Landlock ABI 2, Linux 5.19)"
-            }
-            Self::Truncate => "control of truncation (Landlock ABI 3, Linux 6.2)",
-            Self::Network => "the TCP bind and connect rules (Landlock ABI 4, Linux 6.7)",
-            Self::IoctlDev => "control of ioctl on devices (Landlock ABI 5, Linux 6.10)",
-            Self::Scopes => "signal and abstract UNIX socket scoping (Landlock ABI 6, Linux 6.12)",
-            Self::Other => "a restriction the landlock library reported as not enforced",
-        })
-    }
-}
-
-/// What a kernel at Landlock ABI `abi` cannot enforce of [`TARGET_ABI`]'s rights.
-pub fn missing_for(abi: ABI) -> Vec<Missing> {
-    [
-        (ABI::V2, Missing::Refer),
-        (ABI::V3, Missing::Truncate),
-        (ABI::V4, Missing::Network),
-        (ABI::V5, Missing::IoctlDev),
-        (ABI::V6, Missing::Scopes),
-    ]
-    .into_iter()
-    .filter(|(needs, _)| abi < *needs)
-    .map(|(_, missing)| missing)
-    .collect()
 }
 
 /// `--require-sandbox` (or `require_sandbox = true`): anything but [`Status::FullyEnforced`]
@@ -614,96 +431,16 @@ pub fn apply(plan: &Plan) -> Result<Applied, Error> {
     })
 }
 
+/// Ports as `53, 443, 11434`.
+pub fn port_list(ports: impl Iterator<Item = u16>) -> String {
+    ports.map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// Threads of this process, from `/proc/self/task`; `None` if that cannot be read.
 fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task")
         .ok()
         .map(|entries| entries.count())
-}
-
-/// The system files name resolution reads while krouter serves: [`RESOLVER_FILES`]; for one
-/// that is a symbolic link, the directory of its target too (systemd-resolved and similar
-/// replace the target by renaming a new file into place); and the NSS modules the `hosts`
-/// line of `/etc/nsswitch.conf` names, with the loader cache that finds them.
-pub fn resolver_files() -> Vec<PathRule> {
-    let mut rules = Vec::new();
-    for file in RESOLVER_FILES {
-        let path = Path::new(file);
-        rules.push(PathRule::read(path.to_path_buf(), "name resolution"));
-        let is_link = path.symlink_metadata().is_ok_and(|m| m.is_symlink());
-        if let (true, Ok(target)) = (is_link, path.canonicalize())
-            && let Some(dir) = target.parent()
-            && Some(dir) != path.parent()
-            && dir != Path::new("/")
-        {
-            rules.push(PathRule::read(
-                dir.to_path_buf(),
-                "name resolution (the directory a resolver file links to)",
-            ));
-        }
-    }
-    let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
-    let modules = nss_modules(&nsswitch);
-    if !modules.is_empty() {
-        let mut dirs: Vec<PathBuf> = LIBRARY_DIRS.iter().map(PathBuf::from).collect();
-        for base in ["/lib", "/usr/lib"] {
-            if let Ok(entries) = std::fs::read_dir(base) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.to_string_lossy().contains("-linux-") && p.is_dir()),
-                );
-            }
-        }
-        for module in &modules {
-            let name = format!("libnss_{module}.so.2");
-            for dir in &dirs {
-                let file = dir.join(&name);
-                if file.is_file() {
-                    rules.push(PathRule::read(file, "NSS module for name resolution"));
-                }
-            }
-        }
-        rules.push(PathRule::read(
-            PathBuf::from("/etc/ld.so.cache"),
-            "finding NSS modules",
-        ));
-    }
-    rules.push(PathRule::read(
-        PathBuf::from("/dev/urandom"),
-        "SQLite seeds its random numbers from it",
-    ));
-    rules
-}
-
-/// The NSS services the `hosts:` line of an `nsswitch.conf` names that glibc loads from a
-/// module file (not the built-in `files` and `dns`), in order.
-pub fn nss_modules(nsswitch: &str) -> Vec<String> {
-    let Some(line) = nsswitch.lines().find_map(|l| {
-        l.split('#')
-            .next()
-            .and_then(|l| l.trim_start().strip_prefix("hosts:"))
-    }) else {
-        return Vec::new();
-    };
-    let mut modules: Vec<String> = Vec::new();
-    let mut in_action = false;
-    for word in line.split_whitespace() {
-        // `[NOTFOUND=return]` may be split over words: skip until its closing bracket.
-        if in_action || word.starts_with('[') {
-            in_action = !word.ends_with(']');
-            continue;
-        }
-        let valid = !word.is_empty()
-            && word
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid && !BUILT_IN_NSS.contains(&word) && !modules.iter().any(|m| m == word) {
-            modules.push(word.to_owned());
-        }
-    }
-    modules
 }
 
 #[cfg(test)]

@@ -183,7 +183,10 @@ fn refused_write(path: &Path) -> Outcome {
     match created {
         Ok(_) => {
             let _ = std::fs::remove_file(path);
-            Outcome::Failed(format!("{} was created", path.display()))
+            Outcome::Failed(format!(
+                "allowed: {} was created (and removed again)",
+                path.display()
+            ))
         }
         Err(e) => refusal(&e),
     }
@@ -194,7 +197,10 @@ fn refused_mkdir(path: &Path) -> Outcome {
     match std::fs::create_dir(path) {
         Ok(()) => {
             let _ = std::fs::remove_dir(path);
-            Outcome::Failed(format!("{} was created", path.display()))
+            Outcome::Failed(format!(
+                "allowed: {} was created (and removed again)",
+                path.display()
+            ))
         }
         Err(e) => refusal(&e),
     }
@@ -213,7 +219,7 @@ fn refused_exec() -> Outcome {
         .stderr(Stdio::null())
         .status();
     match run {
-        Ok(_) => Outcome::Failed(format!("{} ran", exe.display())),
+        Ok(_) => Outcome::Failed(format!("allowed: {} ran", exe.display())),
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             Outcome::Ok("refused (permission denied)".to_owned())
         }
@@ -223,7 +229,7 @@ fn refused_exec() -> Outcome {
 
 fn refused_connect(addr: SocketAddr) -> Outcome {
     match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-        Ok(_) => Outcome::Failed("connected".to_owned()),
+        Ok(_) => Outcome::Failed("allowed: connected".to_owned()),
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             Outcome::Ok("refused (permission denied)".to_owned())
         }
@@ -234,7 +240,7 @@ fn refused_connect(addr: SocketAddr) -> Outcome {
 fn refused_bind() -> Outcome {
     match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))) {
         Ok(listener) => Outcome::Failed(format!(
-            "bound {}",
+            "allowed: bound {}",
             listener
                 .local_addr()
                 .map_or_else(|e| e.to_string(), |a| a.to_string())

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use krouter_config::secret::load::Vars;
 use krouter_policy::{PolicyFiles, SigningKey, SkipCredentialCheck, TrustedKeys};
-use landlock::make_bitflags;
+use landlock::{LandlockStatus, RulesetStatus, make_bitflags};
 
 use super::*;
 
