@@ -322,3 +322,25 @@ fn nss_modules_are_the_loadable_services_of_the_hosts_line() {
         assert_eq!(nss_modules(text), want, "{text:?}");
     }
 }
+
+#[test]
+fn apply_refuses_a_process_that_already_has_other_threads() {
+    // A second thread that lives until the end of the test, whatever the harness does.
+    let (stop, parked) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || parked.recv());
+    let threads = thread_count().expect("/proc/self/task is readable here");
+    // Had the count been 1, `apply` would sandbox this test process: never call it then.
+    assert!(threads >= 2, "{threads}");
+    let plan = Plan::from_parts(Vec::new(), [0], []);
+    let err = apply(&plan).unwrap_err();
+    assert!(
+        matches!(err, Error::Threads { threads } if threads >= 2),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("the others would escape it"),
+        "{err}"
+    );
+    drop(stop);
+    let _ = helper.join();
+}
