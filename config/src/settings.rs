@@ -1,7 +1,9 @@
 //! Settings: `krouter.toml` overlaid with `KROUTER_*` variables, through figment. Settings
-//! say where things are and how to run (bind address, log format); they hold no secrets and
-//! no security posture, which belong to the secrets and the signed policy. A value that
-//! looks like a secret is refused by field name, and so is any unknown key or variable.
+//! say where things are and how to run (bind address, log format, whether the sandbox must
+//! be fully enforced); they hold no secrets and no security posture, which belong to the
+//! secrets and the signed policy (`require_sandbox` can only make a start fail, never widen
+//! what krouter may do). A value that looks like a secret is refused by field name, and so
+//! is any unknown key or variable.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ pub struct Settings {
     listen: SocketAddr,
     log_format: LogFormat,
     upstream_ca_file: Option<PathBuf>,
+    require_sandbox: bool,
 }
 
 /// How log lines are written.
@@ -49,6 +52,14 @@ struct RawSettings {
     listen: Option<String>,
     log_format: Option<String>,
     upstream_ca_file: Option<String>,
+    require_sandbox: Option<RawFlag>,
+}
+
+/// A yes/no setting: a TOML boolean in the file, `true` or `false` in a variable.
+#[derive(Debug)]
+enum RawFlag {
+    Bool(bool),
+    Text(String),
 }
 
 /// `KROUTER_*` variables as a figment provider.
@@ -129,10 +140,26 @@ impl Settings {
                 None => PathBuf::from(path),
             }),
         };
+        let require_sandbox = match raw.require_sandbox {
+            None => false,
+            Some(RawFlag::Bool(flag)) => flag,
+            Some(RawFlag::Text(text)) => match text.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(Error::Settings {
+                        origin: origin("require_sandbox"),
+                        field: "require_sandbox".to_owned(),
+                        what: "expected true or false".to_owned(),
+                    });
+                }
+            },
+        };
         Ok(Self {
             listen,
             log_format,
             upstream_ca_file,
+            require_sandbox,
         })
     }
 
@@ -152,6 +179,12 @@ impl Settings {
         self.upstream_ca_file.as_deref()
     }
 
+    /// Whether krouter must refuse to serve unless its landlock sandbox is fully enforced
+    /// (default false: it serves and logs what the kernel could not enforce).
+    pub fn require_sandbox(&self) -> bool {
+        self.require_sandbox
+    }
+
     /// The settings file text `krouter-admin init` writes.
     pub fn starter_file() -> String {
         format!(
@@ -160,7 +193,8 @@ impl Settings {
              # KROUTER_<KEY> variable, e.g. KROUTER_LISTEN.\n\
              listen = \"{DEFAULT_LISTEN}\"\n\
              log_format = \"json\"   # or \"pretty\"\n\
-             # upstream_ca_file = \"certs/upstream-ca.pem\"   # extra CA for upstream TLS\n"
+             # upstream_ca_file = \"certs/upstream-ca.pem\"   # extra CA for upstream TLS\n\
+             # require_sandbox = true   # refuse to serve unless the sandbox is fully enforced\n"
         )
     }
 }
@@ -254,6 +288,27 @@ impl Provider for Variables {
     }
 }
 
+// === impl RawFlag ===
+
+impl<'de> Deserialize<'de> for RawFlag {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = RawFlag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<RawFlag, E> {
+                Ok(RawFlag::Bool(flag))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawFlag, E> {
+                Ok(RawFlag::Text(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
 impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -331,6 +386,52 @@ mod tests {
                 Some("listen = [1]\n"),
                 &[],
                 "krouter.toml:1: listen: wrong type",
+            ),
+        ];
+        for (text, vars, want) in cases {
+            let err = load(text, vars).unwrap_err().to_string();
+            assert!(err.starts_with(want), "wanted {want:?}, got {err:?}");
+        }
+    }
+
+    #[test]
+    fn require_sandbox_is_a_boolean_in_the_file_and_true_or_false_in_a_variable() {
+        assert!(!load(None, &[]).unwrap().require_sandbox());
+        assert!(
+            load(Some("require_sandbox = true\n"), &[])
+                .unwrap()
+                .require_sandbox()
+        );
+        assert!(
+            load(None, &[("KROUTER_REQUIRE_SANDBOX", "true")])
+                .unwrap()
+                .require_sandbox()
+        );
+        assert!(
+            !load(
+                Some("require_sandbox = true\n"),
+                &[("KROUTER_REQUIRE_SANDBOX", "false")]
+            )
+            .unwrap()
+            .require_sandbox()
+        );
+        /// Variables for one case.
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: [(Option<&str>, Pairs, &str); 3] = [
+            (
+                None,
+                &[("KROUTER_REQUIRE_SANDBOX", "yes")],
+                "the KROUTER_REQUIRE_SANDBOX variable: require_sandbox: expected true or false",
+            ),
+            (
+                Some("require_sandbox = \"on\"\n"),
+                &[],
+                "krouter.toml:1: require_sandbox: expected true or false",
+            ),
+            (
+                Some("require_sandbox = 1\n"),
+                &[],
+                "krouter.toml:1: require_sandbox: wrong type: expected true or false",
             ),
         ];
         for (text, vars, want) in cases {

@@ -95,9 +95,12 @@ impl StateDb {
             .map_err(|e| sqlite(path, "open the state database", e))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| sqlite(path, "set the busy timeout", e))?;
-        // A small page cache: the proxy appends rows and reads one; it needs no more.
+        // A small page cache: the proxy appends rows and reads one; it needs no more. Temporary
+        // tables and statement journals stay in memory: under the sandbox (and on a read-only
+        // root) the state directory is the only place krouter may create a file.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -256;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -256; \
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(|e| sqlite(path, "set the state database's pragmas", e))?;
         crate::store::schema::apply(&conn, path, MIGRATIONS, KNOWN)?;

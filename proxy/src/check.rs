@@ -1,8 +1,11 @@
 //! `krouter check`: the effective configuration after every start-up check, with secrets
-//! shown only as where they came from.
+//! shown only as where they came from; with `--sandbox`, the start-up sandbox applied to the
+//! checking process and shown to hold ([`crate::sandbox::proof`]).
 
 use std::fmt::Write as _;
 
+use crate::error::Error;
+use crate::sandbox::{self, Access, Plan, proof};
 use crate::startup::Loaded;
 
 /// The report `krouter check` prints.
@@ -79,4 +82,55 @@ pub fn report(loaded: &Loaded) -> String {
     let _ = writeln!(out, "  groups      {}", summary.groups.join(", "));
     let _ = writeln!(out, "  upstream ports {:?}", policy.upstream_ports());
     out
+}
+
+/// `krouter check --sandbox`: builds the plan serving would use, applies it to this process
+/// and runs the checks, writing each line to `out` as it goes. Fails if the sandbox cannot be
+/// set up or any check fails. The process stays sandboxed afterwards.
+pub fn sandbox(loaded: &Loaded, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    let plan = Plan::for_start(loaded);
+    let prepared = proof::prepare(&plan).map_err(|source| Error::Start {
+        what: "the listener the connect check needs",
+        source,
+    })?;
+    let applied = sandbox::apply(&plan)?;
+    let mut text = format!("sandbox: {}\n", applied.status);
+    for rule in plan.paths() {
+        let access = match rule.access() {
+            Access::Read => "read      ",
+            Access::ReadWrite => "read-write",
+        };
+        let _ = writeln!(
+            text,
+            "  {access}  {} ({})",
+            rule.path().display(),
+            rule.why()
+        );
+    }
+    for (path, why) in &applied.skipped {
+        let _ = writeln!(text, "  no rule     {} ({why})", path.display());
+    }
+    let _ = writeln!(
+        text,
+        "  bind TCP    {}",
+        sandbox::port_list(plan.bind_ports().iter().copied())
+    );
+    let _ = writeln!(
+        text,
+        "  connect TCP {}",
+        sandbox::port_list(plan.connect_ports().iter())
+    );
+    text.push_str("checks:\n");
+    let _ = out.write_all(text.as_bytes());
+    let report = proof::run(&plan, &loaded.home, &prepared);
+    let _ = write!(out, "{report}");
+    let failures = report.failures();
+    if failures.is_empty() {
+        let _ = writeln!(out, "sandbox proven");
+        Ok(())
+    } else {
+        Err(Error::SandboxNotProven {
+            failed: failures.join("; "),
+        })
+    }
 }

@@ -46,9 +46,28 @@ pub enum Error {
         /// The configured listener.
         listen: SocketAddr,
     },
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
+    /// The sandbox is required (`--require-sandbox`, `require_sandbox = true`) and the kernel
+    /// does not enforce all of it (exit 4).
+    #[error(
+        "the sandbox is required (--require-sandbox or require_sandbox = true) but is {status}; run krouter on Linux 6.12 or later with Landlock enabled, or drop the requirement"
+    )]
+    SandboxRequired {
+        /// What the kernel enforces.
+        status: String,
+    },
+    /// `krouter check --sandbox` could not prove every rule.
+    #[error("the sandbox is not proven: {failed}")]
+    SandboxNotProven {
+        /// The checks that failed.
+        failed: String,
+    },
 }
 
-/// How a run ended: 0 ok, 1 failed, 2 usage, 3 signature, trust or integrity failure.
+/// How a run ended: 0 ok, 1 failed, 2 usage, 3 signature, trust or integrity failure, 4 the
+/// sandbox is required and not fully enforced.
 impl Error {
     /// The exit code.
     pub fn code(&self) -> u8 {
@@ -71,7 +90,10 @@ impl Error {
             | Self::PublicWithoutKeys { .. }
             | Self::Bind { .. }
             | Self::Start { .. }
-            | Self::Tls(_) => 1,
+            | Self::Tls(_)
+            | Self::Sandbox(_)
+            | Self::SandboxNotProven { .. } => 1,
+            Self::SandboxRequired { .. } => 4,
         }
     }
 }

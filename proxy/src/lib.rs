@@ -1,12 +1,13 @@
-//! krouter's network-facing proxy: start-up ([`startup`]), `krouter check` ([`check`]), and
-//! serving ([`serve`]): the listener, the eight-stage request pipeline ([`pipeline`]), the
-//! upstream client with its SSRF-checked resolver ([`upstream`]), the one place that turns
-//! rejections into responses ([`respond`]), live reload of policy and store ([`reload`]),
-//! and the request metadata writer ([`recorder`]).
+//! krouter's network-facing proxy: start-up ([`startup`]), the landlock sandbox it serves in
+//! ([`sandbox`]), `krouter check` ([`check`]), and serving ([`serve`]): the listener, the
+//! eight-stage request pipeline ([`pipeline`]), the upstream client with its SSRF-checked
+//! resolver ([`upstream`]), the one place that turns rejections into responses
+//! ([`respond`]), live reload of policy and store ([`reload`]), and the request metadata
+//! writer ([`recorder`]).
 //!
 //! It must never write the store, hold the policy signing key, or see a plaintext
-//! dashboard password; it writes only its state database. The landlock sandbox arrives with
-//! the edge-hardening issue.
+//! dashboard password; it writes only its state database, and once the sandbox is applied
+//! the kernel holds it to that.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod recorder;
 pub mod reload;
 pub mod respond;
+pub mod sandbox;
 pub mod serve;
 pub mod snapshot;
 pub mod startup;
@@ -54,9 +56,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Serves what start-up loaded until `shutdown` completes: binds the listener, records the
 /// policy as accepted, starts the metadata writer and the reload watcher, then drains.
+///
+/// `sandbox_connect` is the set of TCP ports the sandbox lets krouter connect to, when the
+/// kernel enforces it; the reload watcher then refuses a policy that needs another port.
 pub async fn run(
     loaded: startup::Loaded,
     vars: Vars,
+    sandbox_connect: Option<sandbox::ConnectPorts>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let startup::Loaded {
@@ -110,6 +116,7 @@ pub async fn run(
         .local_addr()
         .map_err(|source| Error::Bind { listen, source })?;
     let watcher = Watcher::new(home, &vars, listen, store, state, store_version)
+        .with_sandbox_connect(sandbox_connect)
         .spawn(Arc::clone(&shared))
         .map_err(|source| Error::Start {
             what: "the reload watcher",

@@ -6,7 +6,9 @@
 //! - the policy or its signature changed: the files are verified, parsed and validated
 //!   exactly as at start-up, against the last accepted serial; a good policy is recorded in
 //!   the state database and swapped in, a bad one is logged with its reason (once per
-//!   version of the files) and the last good policy keeps serving.
+//!   version of the files) and the last good policy keeps serving. A policy whose providers
+//!   need a TCP port the sandbox applied at start-up does not allow is bad too: the sandbox
+//!   cannot be widened while the process lives, so it needs a restart.
 //!
 //! Swaps are atomic ([`crate::snapshot::Live`]); requests in flight keep the snapshot they
 //! started with.
@@ -27,6 +29,7 @@ use krouter_config::store::StoreReader;
 use krouter_policy::{AcceptedPolicy, Policy};
 
 use crate::pipeline::Shared;
+use crate::sandbox::{self, ConnectPorts};
 use crate::snapshot::KeyTable;
 
 /// How often the watcher looks.
@@ -37,6 +40,7 @@ pub struct Watcher {
     home: KrouterHome,
     vars: Vars,
     listen: SocketAddr,
+    sandbox_connect: Option<ConnectPorts>,
     store: StoreReader,
     state: StateDb,
     store_version: Option<i64>,
@@ -83,6 +87,7 @@ impl Watcher {
             vars,
             store_file,
             listen,
+            sandbox_connect: None,
             store,
             state,
             store_version,
@@ -90,6 +95,14 @@ impl Watcher {
             refused_stamp: None,
             store_failing: false,
         }
+    }
+
+    /// Refuses policies whose providers need a TCP port outside `ports`, the connect rules the
+    /// sandbox enforces (`None`: no such rules are enforced, any port is fine).
+    #[must_use]
+    pub fn with_sandbox_connect(mut self, ports: Option<ConnectPorts>) -> Self {
+        self.sandbox_connect = ports;
+        self
     }
 
     /// Starts watching on its own thread.
@@ -250,6 +263,9 @@ impl Watcher {
                 "it does not require API keys while krouter listens on {}, which is not a loopback address",
                 self.listen
             ));
+        }
+        if let Some(allowed) = &self.sandbox_connect {
+            sandbox::check_upstream_ports(allowed, &policy)?;
         }
         Ok(policy)
     }

@@ -16,6 +16,7 @@ mod e2e {
     mod proxy_check;
     mod proxy_live;
     mod proxy_serve;
+    mod sandbox;
     mod sdk;
     mod store_cli;
 }
