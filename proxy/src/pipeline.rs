@@ -2,8 +2,9 @@
 //! stage is a module with one entry function over the request's [`RequestCtx`], and no
 //! stage calls another.
 //!
-//! 1. [`accept`]: limits checked before anything is read (declared body size).
-//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 404.
+//! 1. [`accept`]: ambiguous framing, and a declared body too large for any endpoint,
+//!    refused before anything is read.
+//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 405 or 404.
 //! 3. [`admit`]: client address, then the API key (checksum before lookup; revoked, expired).
 //! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).
 //! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect.
