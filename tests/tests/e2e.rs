@@ -10,6 +10,7 @@
 )]
 
 mod e2e {
+    mod attack;
     mod conventions;
     mod policy_cli;
     mod proxy_check;
