@@ -13,7 +13,7 @@ const KIB: i64 = 1024;
 /// 1 MiB.
 const MIB: i64 = 1024 * KIB;
 /// The largest body any endpoint may accept: bodies are held whole in memory.
-pub(crate) const MAX_BODY_BYTES: i64 = 32 * MIB;
+const MAX_BODY_BYTES: i64 = 32 * MIB;
 
 /// The bounds of a body size, with its default.
 const fn body(default: i64) -> Bounds {
