@@ -30,8 +30,8 @@ pub use load::{
     load,
 };
 pub use model::{
-    Access, Breaker, Group, Lockout, Logging, Policy, PolicyDigest, Provider, ProviderKind,
-    Resilience, Route, Serial, Summary, Target, Timeouts, canonical,
+    Access, BodyLimits, Breaker, Group, Limits, Lockout, Logging, Policy, PolicyDigest, Provider,
+    ProviderKind, Resilience, Route, Serial, Summary, Target, Timeouts, canonical,
 };
 pub use signature::{
     KeyId, PolicySignature, SIGNATURE_CONTEXT, SigningKey, SigningKeyFile, TrustedKey, TrustedKeys,

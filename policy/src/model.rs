@@ -21,6 +21,7 @@ pub struct Policy {
     pub(crate) routes: Vec<Route>,
     pub(crate) resilience: Resilience,
     pub(crate) logging: Logging,
+    pub(crate) limits: Limits,
     /// Set by [`crate::load`] once the signature verified.
     pub(crate) signer: Option<KeyId>,
 }
@@ -140,6 +141,35 @@ pub struct Logging {
     pub(crate) retention: Duration,
 }
 
+/// `[limits]`: how much one client may make the proxy hold. Connection-level values
+/// (header size and count, header and idle times, the response write time, HTTP/2 streams)
+/// apply to connections accepted after the policy is in force; the others
+/// (`max_connections`, body sizes and body times) to each new connection or request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub(crate) max_header_bytes: u32,
+    pub(crate) max_headers: u32,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) keep_alive_idle: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) body_min_bytes_per_sec: u32,
+    pub(crate) body_min_rate_grace: Duration,
+    pub(crate) response_write_timeout: Duration,
+    pub(crate) max_connections: u32,
+    pub(crate) h2_max_concurrent_streams: u32,
+    pub(crate) max_body_bytes: BodyLimits,
+}
+
+/// `[limits.max_body_bytes]`: the largest request body, per endpoint, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub(crate) chat_completions: u32,
+    pub(crate) responses: u32,
+    pub(crate) embeddings: u32,
+    pub(crate) messages: u32,
+    pub(crate) count_tokens: u32,
+}
+
 /// A short, printable account of a policy, for `check`, `verify` and `sign`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -210,6 +240,11 @@ impl Policy {
     /// The logging settings.
     pub fn logging(&self) -> &Logging {
         &self.logging
+    }
+
+    /// The client limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Every distinct upstream port, for the sandbox's connect allowlist.
@@ -605,5 +640,106 @@ impl Logging {
     /// How long request rows are kept (default 30 days).
     pub fn retention(&self) -> Duration {
         self.retention
+    }
+}
+
+// === impl Limits ===
+
+impl Limits {
+    /// Largest request head: request line and headers (HTTP/1.1), or decoded header list
+    /// (HTTP/2), in bytes (default 32 KiB).
+    pub fn max_header_bytes(&self) -> u32 {
+        self.max_header_bytes
+    }
+
+    /// Most header lines in one request head (default 100).
+    pub fn max_headers(&self) -> u32 {
+        self.max_headers
+    }
+
+    /// Time allowed for a request head to arrive, from the connection's first byte or the
+    /// first byte after an idle pause (default 10 s).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// Longest pause with no request on a kept-alive connection (default 60 s).
+    pub fn keep_alive_idle(&self) -> Duration {
+        self.keep_alive_idle
+    }
+
+    /// Time allowed for a whole request body (default 60 s).
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
+    }
+
+    /// Slowest average body rate accepted after the grace period, bytes per second;
+    /// 0 turns the check off (default 1024).
+    pub fn body_min_bytes_per_sec(&self) -> u32 {
+        self.body_min_bytes_per_sec
+    }
+
+    /// How long a body may arrive slower than the minimum rate (default 5 s).
+    pub fn body_min_rate_grace(&self) -> Duration {
+        self.body_min_rate_grace
+    }
+
+    /// Longest time a client may accept no response bytes while krouter has some to
+    /// write (default 60 s).
+    pub fn response_write_timeout(&self) -> Duration {
+        self.response_write_timeout
+    }
+
+    /// Most client connections open at once (default 1,024).
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// Most concurrent streams on one HTTP/2 connection (default 100).
+    pub fn h2_max_concurrent_streams(&self) -> u32 {
+        self.h2_max_concurrent_streams
+    }
+
+    /// The largest request body per endpoint.
+    pub fn max_body_bytes(&self) -> &BodyLimits {
+        &self.max_body_bytes
+    }
+}
+
+// === impl BodyLimits ===
+
+impl BodyLimits {
+    /// `POST /v1/chat/completions` (default 32 MiB: base64 images).
+    pub fn chat_completions(&self) -> u32 {
+        self.chat_completions
+    }
+
+    /// `POST /v1/responses` (default 32 MiB).
+    pub fn responses(&self) -> u32 {
+        self.responses
+    }
+
+    /// `POST /v1/embeddings` (default 4 MiB).
+    pub fn embeddings(&self) -> u32 {
+        self.embeddings
+    }
+
+    /// `POST /v1/messages` (default 32 MiB).
+    pub fn messages(&self) -> u32 {
+        self.messages
+    }
+
+    /// `POST /v1/messages/count_tokens` (default 16 MiB).
+    pub fn count_tokens(&self) -> u32 {
+        self.count_tokens
+    }
+
+    /// The largest of them: what any request body may declare before its endpoint is known.
+    pub fn largest(&self) -> u32 {
+        self.chat_completions
+            .max(self.responses)
+            .max(self.embeddings)
+            .max(self.messages)
+            .max(self.count_tokens)
     }
 }

@@ -25,6 +25,7 @@ pub(crate) struct RawPolicy {
     pub(crate) routes: Vec<Spanned<RawRoute>>,
     pub(crate) resilience: Option<Spanned<RawResilience>>,
     pub(crate) logging: Option<Spanned<RawLogging>>,
+    pub(crate) limits: Option<Spanned<RawLimits>>,
 }
 
 /// `[access]`: who may call krouter.
@@ -113,6 +114,34 @@ pub(crate) struct RawBreaker {
 pub(crate) struct RawLogging {
     pub(crate) request_metadata: Option<Spanned<bool>>,
     pub(crate) retention_days: Option<Spanned<i64>>,
+}
+
+/// `[limits]`: what one client may make the proxy hold: sizes, counts and times.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) max_header_bytes: Option<Spanned<i64>>,
+    pub(crate) max_headers: Option<Spanned<i64>>,
+    pub(crate) header_read_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) keep_alive_idle_ms: Option<Spanned<i64>>,
+    pub(crate) body_read_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) body_min_bytes_per_sec: Option<Spanned<i64>>,
+    pub(crate) body_min_rate_grace_ms: Option<Spanned<i64>>,
+    pub(crate) response_write_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub(crate) max_body_bytes: Option<Spanned<RawBodyLimits>>,
+}
+
+/// `[limits.max_body_bytes]`: the largest request body per endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBodyLimits {
+    pub(crate) chat_completions: Option<Spanned<i64>>,
+    pub(crate) responses: Option<Spanned<i64>>,
+    pub(crate) embeddings: Option<Spanned<i64>>,
+    pub(crate) messages: Option<Spanned<i64>>,
+    pub(crate) count_tokens: Option<Spanned<i64>>,
 }
 
 /// The typed tree, the problems found on the way, and the fields dropped for having the
@@ -212,6 +241,12 @@ fn sweep(root: &mut DeTable<'_>, shape: &mut Shape<'_>) {
     }
     if let Some(logging) = shape.table(root, "logging", "") {
         shape.fields(logging, fields_of::<RawLogging>(), "logging");
+    }
+    if let Some(limits) = shape.table(root, "limits", "") {
+        shape.fields(limits, fields_of::<RawLimits>(), "limits");
+        if let Some(body) = shape.table(limits, "max_body_bytes", "limits") {
+            shape.fields(body, fields_of::<RawBodyLimits>(), "limits.max_body_bytes");
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::secret_like::shown;
 use crate::tree::Lines;
 
 mod access;
+mod limits;
 mod providers;
 mod routes;
 mod tuning;
@@ -140,6 +141,7 @@ pub(crate) fn validate(
     let access = c.access(raw.access.as_ref(), &declared_routes);
     let resilience = c.resilience(raw.resilience.as_ref());
     let logging = c.logging(raw.logging.as_ref());
+    let limits = c.limits(raw.limits.as_ref());
 
     if !c.problems.is_empty() {
         return Err(Error::Invalid(Problems::new(file, c.problems)));
@@ -153,6 +155,7 @@ pub(crate) fn validate(
             routes,
             resilience,
             logging,
+            limits,
             signer: None,
         }),
         // Unreachable in practice: a missing part always leaves a problem behind.

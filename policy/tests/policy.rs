@@ -10,6 +10,8 @@
     reason = "integration tests: helpers fail the test by panicking"
 )]
 
+use std::time::Duration;
+
 use krouter_policy::{
     AcceptedPolicy, Error, PolicyFiles, SignatureError, SigningKey, SkipCredentialCheck,
     TrustedKeys, check, load,
@@ -59,6 +61,58 @@ fn the_minimal_policy_validates_with_documented_defaults() {
     assert_eq!(summary.providers, ["local"]);
     assert_eq!(summary.routes, ["llama"]);
     assert_eq!(summary.groups, ["default"]);
+}
+
+#[test]
+fn limits_have_their_documented_defaults_and_can_be_set() {
+    let signed = |text: &str| {
+        let (key, _) = SigningKey::generate().unwrap();
+        let mut trusted = TrustedKeys::new();
+        trusted.insert("k.pub", key.trusted_key()).unwrap();
+        let (bytes, sig) = signed(&key, text);
+        load_with(&trusted, &bytes, &sig, None).unwrap()
+    };
+    let policy = signed(MINIMAL);
+    let l = policy.limits();
+    assert_eq!(l.max_header_bytes(), 32 * 1024);
+    assert_eq!(l.max_headers(), 100);
+    assert_eq!(l.header_read_timeout(), Duration::from_secs(10));
+    assert_eq!(l.keep_alive_idle(), Duration::from_secs(60));
+    assert_eq!(l.body_read_timeout(), Duration::from_secs(60));
+    assert_eq!(l.body_min_bytes_per_sec(), 1024);
+    assert_eq!(l.body_min_rate_grace(), Duration::from_secs(5));
+    assert_eq!(l.response_write_timeout(), Duration::from_secs(60));
+    assert_eq!(l.max_connections(), 1024);
+    assert_eq!(l.h2_max_concurrent_streams(), 100);
+    let b = l.max_body_bytes();
+    let mib = 1024 * 1024;
+    assert_eq!(
+        [
+            b.chat_completions(),
+            b.responses(),
+            b.messages(),
+            b.count_tokens(),
+            b.embeddings()
+        ],
+        [32 * mib, 32 * mib, 32 * mib, 16 * mib, 4 * mib]
+    );
+    assert_eq!(b.largest(), 32 * mib);
+
+    let tight = format!(
+        "{MINIMAL}[limits]\nmax_header_bytes = 8192\nheader_read_timeout_ms = 1500\nbody_min_bytes_per_sec = 0\nmax_connections = 8\n[limits.max_body_bytes]\nchat_completions = 2048\nresponses = 1024\nmessages = 4096\ncount_tokens = 1024\nembeddings = 1024\n"
+    );
+    let policy = signed(&tight);
+    let l = policy.limits();
+    assert_eq!(l.max_header_bytes(), 8192);
+    assert_eq!(l.header_read_timeout(), Duration::from_millis(1500));
+    assert_eq!(l.body_min_bytes_per_sec(), 0);
+    assert_eq!(l.max_connections(), 8);
+    assert_eq!(l.max_body_bytes().largest(), 4096);
+    assert_eq!(
+        l.keep_alive_idle(),
+        Duration::from_secs(60),
+        "unset fields keep their default"
+    );
 }
 
 #[test]
@@ -275,6 +329,56 @@ fn every_validation_rule_names_line_field_and_problem() {
             "retention out of range",
             with("[logging]\nretention_days = 0\n"),
             ":16 logging.retention_days: must be between 1 and 3650",
+        ),
+        (
+            "unknown limits field",
+            with("[limits]\nmax_uri_bytes = 100\n"),
+            ":16 limits.max_uri_bytes: unknown field",
+        ),
+        (
+            "header buffer below hyper's minimum",
+            with("[limits]\nmax_header_bytes = 4096\n"),
+            ":16 limits.max_header_bytes: must be between 8192 and 1048576, got 4096",
+        ),
+        (
+            "too few headers",
+            with("[limits]\nmax_headers = 0\n"),
+            ":16 limits.max_headers: must be between 16 and 1000, got 0",
+        ),
+        (
+            "zero header timeout",
+            with("[limits]\nheader_read_timeout_ms = 0\n"),
+            ":16 limits.header_read_timeout_ms: must be between 100 and 300000, got 0",
+        ),
+        (
+            "idle keep-alive out of range",
+            with("[limits]\nkeep_alive_idle_ms = 3600001\n"),
+            ":16 limits.keep_alive_idle_ms: must be between 100 and 3600000",
+        ),
+        (
+            "negative minimum body rate",
+            with("[limits]\nbody_min_bytes_per_sec = -1\n"),
+            ":16 limits.body_min_bytes_per_sec: must be between 0 and 104857600, got -1",
+        ),
+        (
+            "no connections at all",
+            with("[limits]\nmax_connections = 0\n"),
+            ":16 limits.max_connections: must be between 1 and 1000000, got 0",
+        ),
+        (
+            "too many HTTP/2 streams",
+            with("[limits]\nh2_max_concurrent_streams = 100000\n"),
+            ":16 limits.h2_max_concurrent_streams: must be between 1 and 1000",
+        ),
+        (
+            "a body limit over 32 MiB",
+            with("[limits.max_body_bytes]\nmessages = 33554433\n"),
+            ":16 limits.max_body_bytes.messages: must be between 1024 and 33554432, got 33554433",
+        ),
+        (
+            "an unknown endpoint body limit",
+            with("[limits.max_body_bytes]\nmodels = 1024\n"),
+            ":16 limits.max_body_bytes.models: unknown field",
         ),
         (
             "openai key literal",

@@ -87,7 +87,12 @@ impl Dialect {
 impl Endpoint {
     /// The endpoint for `method` and `path`, if krouter serves it.
     pub fn of(method: &http::Method, path: &str) -> Option<Self> {
-        let endpoint = match path {
+        Self::at(path).filter(|endpoint| *method == endpoint.method())
+    }
+
+    /// The endpoint at `path`, whatever the method.
+    pub fn at(path: &str) -> Option<Self> {
+        Some(match path {
             "/v1/chat/completions" => Self::ChatCompletions,
             "/v1/embeddings" => Self::Embeddings,
             "/v1/responses" => Self::Responses,
@@ -95,13 +100,31 @@ impl Endpoint {
             "/v1/messages" => Self::Messages,
             "/v1/messages/count_tokens" => Self::CountTokens,
             _ => return None,
-        };
-        let expected = if endpoint == Self::Models {
-            http::Method::GET
-        } else {
-            http::Method::POST
-        };
-        (*method == expected).then_some(endpoint)
+        })
+    }
+
+    /// The one method the endpoint takes.
+    pub fn method(self) -> http::Method {
+        match self {
+            Self::Models => http::Method::GET,
+            Self::ChatCompletions
+            | Self::Embeddings
+            | Self::Responses
+            | Self::Messages
+            | Self::CountTokens => http::Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405 at this endpoint.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Self::Models => "GET",
+            Self::ChatCompletions
+            | Self::Embeddings
+            | Self::Responses
+            | Self::Messages
+            | Self::CountTokens => "POST",
+        }
     }
 
     /// The dialect the endpoint belongs to.

@@ -146,9 +146,32 @@ pub enum Reject {
     /// The key's group may not use this model.
     #[error("model not allowed for the key's group")]
     ModelNotAllowed,
-    /// The body is larger than krouter accepts.
+    /// The body is larger than krouter accepts for the endpoint (`[limits.max_body_bytes]`).
     #[error("request body too large")]
     BodyTooLarge,
+    /// The request's framing is ambiguous or malformed (RFC 9112 sections 3.2 and 6):
+    /// `Content-Length` with `Transfer-Encoding`, a transfer coding other than `chunked`, a
+    /// missing, repeated or invalid `Host`, a body whose framing broke. The connection is
+    /// closed after the answer, so nothing after it on the connection is read.
+    #[error("ambiguous or malformed request framing: {what}")]
+    Framing {
+        /// What is wrong, client-safe.
+        what: &'static str,
+    },
+    /// The path does not take this method, or the method is `TRACE` or `CONNECT`, which
+    /// krouter never serves on any path.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the path takes, for the `Allow` header (empty for an unknown path).
+        allow: &'static str,
+    },
+    /// The body did not arrive within `[limits] body_read_timeout_ms`.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// The body arrived slower than `[limits] body_min_bytes_per_sec` after the grace
+    /// period.
+    #[error("request body too slow")]
+    BodyTooSlow,
     /// The body could not be read or is not what the endpoint expects.
     #[error("bad request body: {what}")]
     BadBody {
@@ -241,6 +264,10 @@ impl Reject {
             | Self::ExpiredKey
             | Self::ModelNotAllowed
             | Self::BodyTooLarge
+            | Self::Framing { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::BodyTimeout
+            | Self::BodyTooSlow
             | Self::BadBody { .. }
             | Self::UnknownModel
             | Self::WrongDialect => Origin::Client,

@@ -2,11 +2,12 @@
 //! stage is a module with one entry function over the request's [`RequestCtx`], and no
 //! stage calls another.
 //!
-//! 1. [`accept`]: limits checked before anything is read (declared body size). Only the
-//!    client address check ([`admit::address`]: allow and deny lists, lockout) comes before
-//!    it, because the policy says addresses are checked before anything else.
-//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 404. A CORS
-//!    preflight is answered just before ([`crate::cors`]).
+//! 1. [`accept`]: ambiguous framing, and a declared body too large for any endpoint,
+//!    refused before anything is read. Only the client address check ([`admit::address`]:
+//!    allow and deny lists, lockout) comes before it, because the policy says addresses are
+//!    checked before anything else.
+//! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 405 or 404.
+//!    A CORS preflight is answered just before ([`crate::cors`]).
 //! 3. [`admit`]: the browser origin, the API key (checksum before lookup; revoked, expired;
 //!    failures counted toward the lockout), then the request rate.
 //! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).

@@ -2,8 +2,14 @@
 //! error object with a fixed client-safe message, and the request id. The match is
 //! exhaustive, so a new rejection cannot reach a client without a decision here. Nothing
 //! from an upstream body, a credential or an internal error text is ever copied into it.
+//!
+//! Every response krouter sends (its own, and relayed ones) also passes through [`secure`]:
+//! `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` on errors, never a `Server`
+//! header.
 
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SERVER, X_CONTENT_TYPE_OPTIONS,
+};
 use http::{Response, StatusCode};
 
 use crate::body::Body;
@@ -82,6 +88,22 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
             K::TooLarge,
             "The request body is too large.",
         ),
+        Reject::Framing { what } => (S::BAD_REQUEST, K::InvalidRequest, what),
+        Reject::MethodNotAllowed { .. } => (
+            S::METHOD_NOT_ALLOWED,
+            K::InvalidRequest,
+            "This endpoint does not take this method; the Allow header lists those it takes.",
+        ),
+        Reject::BodyTimeout => (
+            S::REQUEST_TIMEOUT,
+            K::InvalidRequest,
+            "The request body did not arrive in time.",
+        ),
+        Reject::BodyTooSlow => (
+            S::REQUEST_TIMEOUT,
+            K::InvalidRequest,
+            "The request body arrived too slowly.",
+        ),
         Reject::BadBody { what } => (S::BAD_REQUEST, K::InvalidRequest, what),
         Reject::UnknownModel => (
             S::NOT_FOUND,
@@ -151,21 +173,60 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
     }
 }
 
-/// The response for `reject`, in the context's dialect, with its request id.
+/// Whether the connection is closed after the answer to `reject`: when the framing is in
+/// doubt (what follows on the connection cannot be trusted to be a request), when a method
+/// might carry a body or a tunnel krouter does not read, and when a body was refused
+/// part-way or before it was read (reading it only to throw it away would hold the
+/// connection for the client), and for a locked-out address (it keeps no connection open).
+pub fn closes_connection(reject: &Reject) -> bool {
+    match reject {
+        Reject::Framing { .. }
+        | Reject::MethodNotAllowed { .. }
+        | Reject::BodyTooLarge
+        | Reject::BodyTimeout
+        | Reject::BodyTooSlow
+        | Reject::LockedOut { .. } => true,
+        Reject::NoRoute
+        | Reject::AddressDenied
+        | Reject::OriginDenied
+        | Reject::RateLimited { .. }
+        | Reject::MissingKey
+        | Reject::InvalidKey
+        | Reject::ConflictingKeys
+        | Reject::BrowserWithoutKey
+        | Reject::RevokedKey
+        | Reject::ExpiredKey
+        | Reject::ModelNotAllowed
+        | Reject::BadBody { .. }
+        | Reject::UnknownModel
+        | Reject::WrongDialect
+        | Reject::Upstream(_)
+        | Reject::Internal { .. } => false,
+    }
+}
+
+/// The response for `reject`, in the context's dialect, with its request id; `Allow` on a
+/// 405, `Connection: close` when [`closes_connection`] (hyper closes an HTTP/1.1 connection
+/// after writing such a response, and drops the header on HTTP/2, where framing is per
+/// stream).
 pub fn reject(reject: &Reject, ctx: &mut RequestCtx) -> Response<Body> {
     let (status, kind, message) = describe(reject);
     ctx.status = status.as_u16();
     let mut response = json(status, ctx.dialect.error_body(kind, message), ctx);
+    let headers = response.headers_mut();
     if status == StatusCode::UNAUTHORIZED && ctx.dialect == Dialect::OpenAi {
-        response
-            .headers_mut()
-            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
     }
     if let Some(seconds) = retry_after(reject) {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if let Reject::MethodNotAllowed { allow } = reject {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if closes_connection(reject) {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -186,11 +247,29 @@ fn retry_after(reject: &Reject) -> Option<u64> {
         | Reject::ExpiredKey
         | Reject::ModelNotAllowed
         | Reject::BodyTooLarge
+        | Reject::Framing { .. }
+        | Reject::MethodNotAllowed { .. }
+        | Reject::BodyTimeout
+        | Reject::BodyTooSlow
         | Reject::BadBody { .. }
         | Reject::UnknownModel
         | Reject::WrongDialect
         | Reject::Upstream(_)
         | Reject::Internal { .. } => None,
+    }
+}
+
+/// The headers every response leaving krouter gets, its own or relayed:
+/// `X-Content-Type-Options: nosniff` (a JSON error must never be sniffed into HTML), no
+/// `Server` header (hyper writes none; an upstream's is never relayed, this makes sure), and
+/// `Cache-Control: no-store` on any error that does not say otherwise.
+pub fn secure<B>(response: &mut Response<B>) {
+    let is_error = response.status().is_client_error() || response.status().is_server_error();
+    let headers = response.headers_mut();
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.remove(SERVER);
+    if is_error && !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }
 
@@ -243,5 +322,48 @@ mod tests {
             describe(&Reject::Internal { what: "x" }).2,
             "krouter failed to handle the request."
         );
+    }
+
+    #[test]
+    fn refused_framing_methods_and_bodies_close_the_connection() {
+        for (reject, status) in [
+            (Reject::Framing { what: "x" }, StatusCode::BAD_REQUEST),
+            (
+                Reject::MethodNotAllowed { allow: "POST" },
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (Reject::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+            (Reject::BodyTimeout, StatusCode::REQUEST_TIMEOUT),
+            (Reject::BodyTooSlow, StatusCode::REQUEST_TIMEOUT),
+        ] {
+            assert_eq!(describe(&reject).0, status, "{reject:?}");
+            assert!(closes_connection(&reject), "{reject:?}");
+        }
+        assert!(!closes_connection(&Reject::InvalidKey));
+        assert!(!closes_connection(&Reject::BadBody { what: "x" }));
+    }
+
+    #[test]
+    fn every_response_is_marked_nosniff_and_errors_are_not_stored() {
+        let mut ok = Response::new(());
+        ok.headers_mut()
+            .insert(SERVER, HeaderValue::from_static("upstream/1.0"));
+        secure(&mut ok);
+        assert_eq!(ok.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(!ok.headers().contains_key(SERVER));
+        assert!(!ok.headers().contains_key(CACHE_CONTROL));
+
+        let mut error = Response::new(());
+        *error.status_mut() = StatusCode::BAD_GATEWAY;
+        secure(&mut error);
+        assert_eq!(error.headers()[CACHE_CONTROL], "no-store");
+
+        let mut relayed = Response::new(());
+        *relayed.status_mut() = StatusCode::BAD_REQUEST;
+        relayed
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        secure(&mut relayed);
+        assert_eq!(relayed.headers()[CACHE_CONTROL], "private");
     }
 }

@@ -1,11 +1,18 @@
 //! The client listener: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on one socket,
-//! `TCP_NODELAY` on every accepted connection, header size and header-read time limits,
+//! `TCP_NODELAY` on every accepted connection, the policy's `[limits]` on every connection,
 //! and graceful shutdown: stop accepting, let requests in flight finish up to
 //! [`SHUTDOWN_GRACE`], then close what is left.
+//!
+//! Each accepted connection is served with the limits of the policy in force when it was
+//! accepted: hyper's header buffer and header count (HTTP/1.1), header list size, stream
+//! count and reset limits (HTTP/2); and krouter's own watch ([`conn`]) for the header read
+//! time, the keep-alive idle time and the response write time. Beyond `max_connections`, a
+//! new connection gets a bare `503` (best effort: one non-blocking write) and is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -14,38 +21,73 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use krouter_policy::{Limits, Policy, PolicyDigest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::{Body, BodyError};
 use crate::pipeline::{self, Shared};
+use crate::respond;
+
+mod conn;
+
+use conn::{Active, Expiry, Watch, Watched};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 /// Below Kubernetes' default 30 s termination grace, leaving time to write metadata.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-/// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Time allowed for a client to send a request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2: streams a client may reset before krouter has accepted them, at once, before the
+/// connection is closed with `GOAWAY` (rapid reset, CVE-2023-44487; h2's own default).
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2: streams krouter may reset for a client's protocol errors before it closes the
+/// connection with `GOAWAY` (h2 allows 1,024).
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
+/// HTTP/2: response bytes buffered per stream for a client that grants no flow-control
+/// window (hyper's default is 400 KiB).
+pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
+/// HTTP/2: how often an idle connection is pinged, and how long the answer may take.
+pub const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+/// How long a connection closed for a limit has to finish a `GOAWAY` before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Connections refused at the cap are logged at most this often, with a count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The whole answer to a connection over the cap.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n";
+
+/// The connection builder for the policy in force, rebuilt when the policy changes.
+struct Builders {
+    digest: Option<PolicyDigest>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+/// Connections refused at the cap since the last log line.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+/// Counts one open connection while it lives.
+struct Open(Arc<AtomicUsize>);
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Tracked {
+    body: Body,
+    _active: Active,
+}
 
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut shutdown = std::pin::pin!(shutdown);
+    let (stop, stopping) = watch::channel(false);
+    let mut builders = Builders {
+        digest: None,
+        builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
+    };
+    let mut refusals = Refusals::default();
+    let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,44 +101,53 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             },
             () = &mut shutdown => break,
         };
+        let snapshot = shared.live.load();
+        let policy = snapshot.policy();
+        let limits = *policy.limits();
+        let cap = usize::try_from(limits.max_connections()).unwrap_or(usize::MAX);
+        if open.load(Ordering::Acquire) >= cap {
+            refusals.refused(limits.max_connections());
+            refuse(&stream);
+            continue;
+        }
+        refusals.flush(limits.max_connections());
+        let slot = Open::count(&open);
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let shared = Arc::clone(&shared);
-        let in_flight = Arc::clone(&in_flight);
-        let service = service_fn(move |request| {
-            let shared = Arc::clone(&shared);
-            let guard = InFlight::enter(&in_flight);
-            async move {
-                let response = pipeline::handle(request, peer.ip(), &shared).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                }))
-            }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builders.for_policy(policy);
+        let connection = serve_connection(
+            stream,
+            peer,
+            builder,
+            limits,
+            Arc::clone(&shared),
+            Arc::clone(&in_flight),
+            stopping.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
+            connection.await;
+            drop(slot);
         });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    let _ = stop.send(true);
     // Connections between requests close at once; a connection still sending its first
     // request head would hold the drain until its header timeout, so the drain also ends as
     // soon as no request is in flight.
+    let closed = async {
+        while open.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     let quiet = async {
         while in_flight.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = closed => {}
         () = quiet => tracing::info!("no request in flight; closing the remaining connections"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("requests still in flight after the grace period were cut");
@@ -104,27 +155,178 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     }
 }
 
-/// Counts one request from the call of the service until its response body is dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(count))
+/// Serves one connection until it ends, a limit closes it, or shutdown has drained it.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    shared: Arc<Shared>,
+    in_flight: Arc<AtomicUsize>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let watch = Arc::new(Watch::new());
+    let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch), max_head));
+    let service = {
+        let watch = Arc::clone(&watch);
+        service_fn(move |mut request| {
+            let shared = Arc::clone(&shared);
+            let active = Active::enter(&watch, &in_flight);
+            if let Some(head) = watch.take_head() {
+                request.extensions_mut().insert(head);
+            }
+            async move {
+                let mut response = pipeline::handle(request, peer.ip(), &shared).await;
+                respond::secure(&mut response);
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _active: active,
+                }))
+            }
+        })
+    };
+    let mut connection = pin!(builder.serve_connection(io, service));
+    // One timer, moved only when the next deadline comes earlier: a deadline that moved
+    // later is noticed when the timer fires and finds nothing expired.
+    let mut timer = pin!(tokio::time::sleep_until(watch.next(&limits).0));
+    let mut closing = false;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = watch.changed(), if !closing => {
+                let (deadline, _) = watch.next(&limits);
+                if deadline < timer.deadline() {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            () = timer.as_mut() => {
+                if closing {
+                    return;
+                }
+                let (deadline, expiry) = watch.next(&limits);
+                if deadline > Instant::now() {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+                tracing::debug!(reason = ?expiry, "closing a connection at its limit");
+                match expiry {
+                    // No request in flight: a GOAWAY tells an HTTP/2 client why.
+                    Expiry::Idle if watch.is_http2() => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    }
+                    // A head that is late or an idle HTTP/1.1 connection loses nothing; a
+                    // client that reads nothing cannot be sent anything more.
+                    Expiry::Head | Expiry::Idle | Expiry::Write => return,
+                }
+            }
+            changed = stopping.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 
-impl Drop for InFlight {
+/// The connection builder for `limits`.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let header_bytes = limits.max_header_bytes();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watch closes a slow head at the header read time; hyper's own timer, which
+        // starts when the connection goes idle, is a backstop behind it.
+        .header_read_timeout(limits.header_read_timeout() + limits.keep_alive_idle())
+        // hyper refuses a buffer under 8 KiB; the policy's bounds keep the value above.
+        .max_buf_size(usize::try_from(header_bytes).unwrap_or(usize::MAX))
+        .max_headers(usize::try_from(limits.max_headers()).unwrap_or(usize::MAX))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Also bounds a header block spread over CONTINUATION frames (h2 >= 0.4.4 counts them).
+        .max_header_list_size(header_bytes)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams())
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEP_ALIVE.0)
+        .keep_alive_timeout(H2_KEEP_ALIVE.1);
+    builder
+}
+
+/// Answers a connection over the cap and closes it, without waiting for anything.
+fn refuse(stream: &TcpStream) {
+    let _ = stream.try_write(BUSY);
+}
+
+// === impl Builders ===
+
+impl Builders {
+    /// The builder for `policy`'s limits.
+    fn for_policy(&mut self, policy: &Policy) -> Arc<auto::Builder<TokioExecutor>> {
+        if self.digest != Some(policy.digest()) {
+            self.builder = Arc::new(builder(policy.limits()));
+            self.digest = Some(policy.digest());
+        }
+        Arc::clone(&self.builder)
+    }
+}
+
+// === impl Refusals ===
+
+impl Refusals {
+    /// Counts a refused connection; logs at once if nothing was logged recently.
+    fn refused(&mut self, cap: u32) {
+        self.count += 1;
+        self.flush(cap);
+    }
+
+    /// Logs the refusals counted, if any and if the last line is old enough.
+    fn flush(&mut self, cap: u32) {
+        if self.count > 0
+            && self
+                .logged
+                .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY)
+        {
+            tracing::warn!(
+                refused = self.count,
+                max_connections = cap,
+                "connection limit reached: new connections refused with 503"
+            );
+            self.count = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+// === impl Open ===
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(open))
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
-struct Tracked {
-    body: Body,
-    _guard: InFlight,
-}
+// === impl Tracked ===
 
 impl http_body::Body for Tracked {
     type Data = bytes::Bytes;

@@ -15,5 +15,6 @@ pub mod client;
 pub mod home;
 pub mod krouter;
 pub mod leak;
+pub mod raw;
 pub mod tls;
 pub mod upstream;

@@ -10,6 +10,7 @@
 )]
 
 mod e2e {
+    mod attack;
     mod conventions;
     mod edge_access;
     mod policy_cli;

@@ -174,6 +174,10 @@ fn counts_as_failure(reject: &Reject) -> bool {
         | Reject::BrowserWithoutKey
         | Reject::ModelNotAllowed
         | Reject::BodyTooLarge
+        | Reject::Framing { .. }
+        | Reject::MethodNotAllowed { .. }
+        | Reject::BodyTimeout
+        | Reject::BodyTooSlow
         | Reject::BadBody { .. }
         | Reject::UnknownModel
         | Reject::WrongDialect

@@ -1,5 +1,7 @@
-//! Stage 4, inspect: read the body (bounded by [`super::accept::MAX_BODY`]) and take only
-//! what routing needs: the `model` and whether a stream is wanted. The body must be a JSON
+//! Stage 4, inspect: read the body (bounded by the endpoint's `[limits.max_body_bytes]`,
+//! within `[limits] body_read_timeout_ms`, and no slower than `body_min_bytes_per_sec` once
+//! the grace period is over) and take only what routing needs: the `model` and whether a
+//! stream is wanted. The body must be a JSON
 //! object with no repeated top-level key, so krouter and the upstream cannot read two
 //! different models out of one request. Guardrails (PII, prompt injection) join this stage
 //! later.
@@ -10,12 +12,14 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use krouter_policy::{BodyLimits, Limits};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
-use super::accept::MAX_BODY;
 use crate::ctx::RequestCtx;
 use crate::dialect::Endpoint;
 use crate::error::Reject;
@@ -26,8 +30,6 @@ pub const MAX_MODEL: usize = 256;
 pub const MAX_FIELDS: usize = 1000;
 /// Bodies larger than this are parsed on the blocking pool, off the async workers.
 const PARSE_INLINE: usize = 256 * 1024;
-/// Time allowed for the whole body to arrive.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Fields krouter routes on: their exact spelling is required.
 const ROUTING_FIELDS: &[&str] = &["model", "stream"];
 
@@ -77,18 +79,9 @@ pub async fn body(
     endpoint: Endpoint,
     ctx: &mut RequestCtx,
 ) -> Result<Inference, Reject> {
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
-    let bytes = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return Err(Reject::BodyTooLarge);
-        }
-        Ok(Err(_)) | Err(_) => {
-            return Err(Reject::BadBody {
-                what: "The request body could not be read in time.",
-            });
-        }
-    };
+    let limits = *ctx.snapshot.policy().limits();
+    let max = max_body(endpoint, limits.max_body_bytes());
+    let bytes = read(body, max, &limits).await?;
     let inference = if bytes.len() <= PARSE_INLINE {
         parse(bytes, endpoint)?
     } else {
@@ -101,6 +94,75 @@ pub async fn body(
     ctx.model = Some(inference.model.clone());
     ctx.stream = inference.stream;
     Ok(inference)
+}
+
+/// The largest body `endpoint` takes.
+pub fn max_body(endpoint: Endpoint, limits: &BodyLimits) -> u64 {
+    u64::from(match endpoint {
+        Endpoint::ChatCompletions => limits.chat_completions(),
+        Endpoint::Responses => limits.responses(),
+        Endpoint::Embeddings => limits.embeddings(),
+        Endpoint::Messages => limits.messages(),
+        Endpoint::CountTokens => limits.count_tokens(),
+        // Answered by krouter before this stage; its body is never read.
+        Endpoint::Models => 0,
+    })
+}
+
+/// Reads a whole body of at most `max` bytes: refused at once when its declared length is
+/// larger, as soon as more has arrived otherwise; within the body read timeout; and, once
+/// the grace period is over, at an average of at least the minimum rate since the body
+/// began (checked whenever the body waits for more, so a stalled client is dropped at the
+/// moment its average falls below the minimum).
+async fn read(mut body: Incoming, max: u64, limits: &Limits) -> Result<Bytes, Reject> {
+    if body.size_hint().lower() > max {
+        return Err(Reject::BodyTooLarge);
+    }
+    let started = Instant::now();
+    let deadline = started + limits.body_read_timeout();
+    let rate = u64::from(limits.body_min_bytes_per_sec());
+    let grace = limits.body_min_rate_grace();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received: u64 = 0;
+    loop {
+        // When the average would fall under the minimum if nothing more arrived (no rate
+        // check when the minimum is 0).
+        let wake = match received.saturating_mul(1000).checked_div(rate) {
+            None => deadline,
+            Some(earned) => deadline.min(started + grace.max(Duration::from_millis(earned))),
+        };
+        match tokio::time::timeout_at(wake, body.frame()).await {
+            Err(_) if Instant::now() >= deadline => return Err(Reject::BodyTimeout),
+            Err(_) => return Err(Reject::BodyTooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(Reject::Framing {
+                    what: "The request body could not be read: its framing is invalid or the connection broke.",
+                });
+            }
+            Ok(Some(Ok(frame))) => {
+                // Trailers are read and ignored.
+                if let Ok(data) = frame.into_data() {
+                    received = received.saturating_add(data.len() as u64);
+                    if received > max {
+                        return Err(Reject::BodyTooLarge);
+                    }
+                    chunks.push(data);
+                }
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = Vec::with_capacity(usize::try_from(received).unwrap_or(0));
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            Bytes::from(joined)
+        }
+    })
 }
 
 /// Parses a request body for `endpoint`.

@@ -430,23 +430,25 @@ fn requests_krouter_refuses_get_the_dialect_error_object_and_never_reach_the_ups
         ("content-type", "application/json".to_owned()),
         ("authorization", format!("Bearer {key}")),
     ];
+    let unknown = (404, "Unknown endpoint");
+    let wrong_method = (405, "does not take this method");
     let path_rows = [
-        ("POST", "/v1/messages/batches", true),
-        ("POST", "/v1/nope", false),
-        ("GET", "/v1/chat/completions", false),
-        ("POST", "/v1/models", false),
-        ("POST", "/v1/chat/completions/", false),
+        ("POST", "/v1/messages/batches", true, unknown),
+        ("POST", "/v1/nope", false, unknown),
+        ("GET", "/v1/chat/completions", false, wrong_method),
+        ("POST", "/v1/models", false, wrong_method),
+        ("POST", "/v1/chat/completions/", false, unknown),
     ];
-    for (method, path, anthropic) in path_rows {
+    for (method, path, anthropic, (status, message)) in path_rows {
         rows.push(Refusal {
-            row: format!("unknown endpoint {method} {path}"),
+            row: format!("{method} {path}"),
             method,
             path,
             headers: bearer.clone(),
             body: chat("chat"),
-            status: 404,
+            status,
             anthropic,
-            message: "Unknown endpoint",
+            message,
         });
     }
 

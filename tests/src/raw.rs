@@ -1,0 +1,371 @@
+//! Raw sockets for the attack suite: bytes written exactly as given (no client library
+//! between the test and the wire to fix them up), and what came back: a response head, or
+//! a connection closed without one, or silence, each within a deadline. [`h2`] encodes the
+//! few HTTP/2 frames the flood cases need by hand.
+
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What a read ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head (and its body, when it declared a length).
+    Response(Response),
+    /// The connection was closed (or reset) before a whole response head arrived.
+    Closed,
+    /// Nothing more arrived before the deadline; the connection is still open.
+    Silent,
+}
+
+/// One HTTP/1.1 response as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lowercase, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, as far as `content-length` says.
+    pub body: Vec<u8>,
+}
+
+/// A client connection that writes raw bytes.
+#[derive(Debug)]
+pub struct Raw {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    pending: Vec<u8>,
+}
+
+// === impl Raw ===
+
+impl Raw {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect to krouter");
+        let _ = stream.set_nodelay(true);
+        // A write the server never takes fails the test instead of hanging it.
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes`; false when the server had closed the connection (or, after a minute,
+    /// still takes nothing).
+    pub fn send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Writes `bytes` one small piece at a time, `pause` apart, for at most `limit`; false
+    /// when the server closed the connection on the way.
+    pub fn trickle(
+        &mut self,
+        bytes: &[u8],
+        piece: usize,
+        pause: Duration,
+        limit: Duration,
+    ) -> bool {
+        let started = Instant::now();
+        for chunk in bytes.chunks(piece.max(1)) {
+            if !self.send(chunk) {
+                return false;
+            }
+            if started.elapsed() > limit {
+                break;
+            }
+            std::thread::sleep(pause);
+        }
+        true
+    }
+
+    /// Reads one response within `limit`.
+    pub fn response(&mut self, limit: Duration) -> Outcome {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(end) = find(&self.pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status = lines
+                    .next()
+                    .and_then(|line| line.split(' ').nth(1))
+                    .and_then(|code| code.parse().ok())
+                    .unwrap_or_else(|| panic!("not a status line: {head:?}"));
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let start = end + 4;
+                while self.pending.len() < start + length {
+                    if !self.fill(deadline) {
+                        break;
+                    }
+                }
+                let stop = (start + length).min(self.pending.len());
+                let body = self.pending[start..stop].to_vec();
+                self.pending.drain(..stop);
+                return Outcome::Response(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            match self.read_some(deadline) {
+                Some(true) => {}
+                Some(false) => return Outcome::Closed,
+                None => return Outcome::Silent,
+            }
+        }
+    }
+
+    /// Reads and discards until the server closes the connection; false when it is still
+    /// open at the end of `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.pending.clear();
+            match self.read_some(deadline) {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
+            }
+        }
+    }
+
+    /// Every byte until the server closes the connection (or `limit` passes).
+    pub fn read_to_close(&mut self, limit: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        while self.read_some(deadline) == Some(true) {}
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Reads exactly `n` bytes, or `None` on close or at the deadline.
+    pub fn read_exact(&mut self, n: usize, deadline: Instant) -> Option<Vec<u8>> {
+        while self.pending.len() < n {
+            if self.read_some(deadline) != Some(true) {
+                return None;
+            }
+        }
+        Some(self.pending.drain(..n).collect())
+    }
+
+    /// Reads what is there: `Some(true)` for bytes, `Some(false)` for a close or reset,
+    /// `None` at the deadline.
+    fn read_some(&mut self, deadline: Instant) -> Option<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let _ = self.stream.set_read_timeout(Some(left));
+        let mut buf = [0u8; 16 * 1024];
+        match self.stream.read(&mut buf) {
+            Ok(0) => Some(false),
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                Some(true)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => Some(true),
+            Err(_) => Some(false),
+        }
+    }
+
+    fn fill(&mut self, deadline: Instant) -> bool {
+        self.read_some(deadline) == Some(true)
+    }
+}
+
+// === impl Response ===
+
+impl Response {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The status of `GET path` on a fresh connection, if a response came within `limit`.
+pub fn status_of(addr: SocketAddr, path: &str, limit: Duration) -> Option<u16> {
+    let mut raw = Raw::connect(addr);
+    raw.send(
+        format!("GET {path} HTTP/1.1\r\nHost: krouter\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    match raw.response(limit) {
+        Outcome::Response(response) => Some(response.status),
+        Outcome::Closed | Outcome::Silent => None,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// HTTP/2 frames, encoded by hand (RFC 9113 section 4; HPACK literals of RFC 7541 section
+/// 6.2.2, never indexed, no Huffman coding).
+pub mod h2 {
+    use std::time::{Duration, Instant};
+
+    use super::Raw;
+
+    /// The client connection preface.
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// A DATA frame.
+    pub const DATA: u8 = 0x0;
+    /// A HEADERS frame.
+    pub const HEADERS: u8 = 0x1;
+    /// An RST_STREAM frame.
+    pub const RST_STREAM: u8 = 0x3;
+    /// A SETTINGS frame.
+    pub const SETTINGS: u8 = 0x4;
+    /// A GOAWAY frame.
+    pub const GOAWAY: u8 = 0x7;
+    /// A CONTINUATION frame.
+    pub const CONTINUATION: u8 = 0x9;
+    /// The last frame of a stream.
+    pub const END_STREAM: u8 = 0x1;
+    /// The last frame of a header block.
+    pub const END_HEADERS: u8 = 0x4;
+    /// RST_STREAM's CANCEL.
+    pub const CANCEL: u32 = 0x8;
+
+    /// How an HTTP/2 connection ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum End {
+        /// The server sent GOAWAY with this error code.
+        GoAway(u32),
+        /// The server closed the connection without GOAWAY.
+        Closed,
+        /// The connection is still open at the deadline.
+        Open,
+    }
+
+    /// One frame.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("a frame under 16 MiB");
+        let mut out = length.to_be_bytes()[1..].to_vec();
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The preface and an empty SETTINGS frame.
+    pub fn hello() -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        out
+    }
+
+    /// A header block of literal fields without indexing.
+    pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            out.push(0x00);
+            string(&mut out, name.as_bytes());
+            string(&mut out, value.as_bytes());
+        }
+        out
+    }
+
+    /// A GET request's header block.
+    pub fn get(path: &str) -> Vec<u8> {
+        block(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "krouter"),
+            (":path", path),
+        ])
+    }
+
+    /// A request's header block: the pseudo-headers, then `fields`.
+    pub fn request(method: &str, path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut all = vec![
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "krouter"),
+            (":path", path),
+        ];
+        all.extend_from_slice(fields);
+        block(&all)
+    }
+
+    /// The type of the first HEADERS or RST_STREAM frame the server sends on `stream` (its
+    /// answer, or its refusal), or `None` on GOAWAY, close or at the end of `limit`.
+    pub fn answer(raw: &mut Raw, stream: u32, limit: Duration) -> Option<u8> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let head = raw.read_exact(9, deadline)?;
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            raw.read_exact(length, deadline)?;
+            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match head[3] {
+                GOAWAY => return None,
+                HEADERS | RST_STREAM if on == stream => return Some(head[3]),
+                _ => {}
+            }
+        }
+    }
+
+    /// RST_STREAM with `code`.
+    pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    /// Reads frames until the server's GOAWAY, a close, or `limit`.
+    pub fn end(raw: &mut Raw, limit: Duration) -> End {
+        let deadline = Instant::now() + limit;
+        loop {
+            let Some(head) = raw.read_exact(9, deadline) else {
+                return if Instant::now() >= deadline {
+                    End::Open
+                } else {
+                    End::Closed
+                };
+            };
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let Some(payload) = raw.read_exact(length, deadline) else {
+                return if Instant::now() >= deadline {
+                    End::Open
+                } else {
+                    End::Closed
+                };
+            };
+            if head[3] == GOAWAY && payload.len() >= 8 {
+                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                return End::GoAway(code);
+            }
+        }
+    }
+
+    /// An HPACK string literal, not Huffman-coded.
+    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+        integer(out, bytes.len(), 7, 0x00);
+        out.extend_from_slice(bytes);
+    }
+
+    /// An HPACK integer with an `n`-bit prefix (RFC 7541 section 5.1).
+    fn integer(out: &mut Vec<u8>, mut value: usize, n: u32, flags: u8) {
+        let max = (1usize << n) - 1;
+        if value < max {
+            out.push(flags | value as u8);
+            return;
+        }
+        out.push(flags | max as u8);
+        value -= max;
+        while value >= 128 {
+            out.push((value % 128 + 128) as u8);
+            value /= 128;
+        }
+        out.push(value as u8);
+    }
+}

@@ -1,0 +1,592 @@
+//! The attack suite: raw bytes against the real `krouter` in front of a mock upstream that
+//! records every request it receives. Each case of a table says what the client writes and
+//! what it must get: a status (and whether the connection is then closed), or a close
+//! without an answer. Every case also checks that no 5xx came back, that the upstream saw
+//! nothing of it (unless the case is a request that must get through, exactly once), and
+//! that `/healthz` still answers afterwards; each test ends with the process alive.
+//!
+//! The policies use short `[limits]` so slow-client cases end quickly; every wait in the
+//! assertions is generous, because CI is a slow shared machine. Nothing here times how fast
+//! krouter is.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use krouter_tests::home::TempHome;
+use krouter_tests::krouter::{Krouter, policy};
+use krouter_tests::raw::{Outcome, Raw, h2, status_of};
+use krouter_tests::upstream::MockUpstream;
+
+/// How long any single answer or close may take to show up.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The `[limits]` of the suite: small and short, so each case ends fast.
+const TIGHT_LIMITS: &str = "[limits]
+max_header_bytes = 8192
+max_headers = 32
+header_read_timeout_ms = 2000
+keep_alive_idle_ms = 2000
+body_read_timeout_ms = 6000
+body_min_bytes_per_sec = 1000
+body_min_rate_grace_ms = 1000
+response_write_timeout_ms = 3000
+max_connections = 64
+
+[limits.max_body_bytes]
+chat_completions = 4096
+embeddings = 1024
+";
+
+/// A chat completion the mock answers.
+const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// What a case must end in.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// This status; then the connection closed (`true`) or left open (`false`).
+    Status(u16, bool),
+    /// No answer; the connection closed.
+    Closed,
+    /// This status with the connection closed after it, or a close without an answer.
+    StatusOrClosed(u16),
+}
+
+/// How a case writes its bytes.
+enum Write {
+    /// All at once.
+    All(Vec<u8>),
+    /// A first part at once, then the rest one `piece` at a time, `pause` apart.
+    Trickle {
+        first: Vec<u8>,
+        rest: Vec<u8>,
+        piece: usize,
+        pause: Duration,
+    },
+    /// Nothing at all.
+    Nothing,
+}
+
+/// One case of a table.
+struct Case {
+    name: &'static str,
+    write: Write,
+    expect: Expect,
+    /// Requests the upstream must see because of this case.
+    forwarded: usize,
+}
+
+/// A krouter with `limits` in front of a recording mock, and an API key.
+struct Bench {
+    // Dropped last: the home outlives the process using it.
+    krouter: Krouter,
+    upstream: MockUpstream,
+    key: String,
+    _home: TempHome,
+}
+
+// === the bench ===
+
+impl Bench {
+    fn start(limits: &str) -> Self {
+        let home = TempHome::init();
+        let upstream = MockUpstream::start();
+        home.write_policy(&policy(
+            2,
+            &format!(
+                "[[providers]]\nname = \"mock\"\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n\n[[routes]]\nmodel = \"chat\"\ntargets = [\"mock:real-model\"]\n\n{limits}",
+                upstream.base_url()
+            ),
+        ));
+        let (_, key) = home.create_key("attacker");
+        let krouter = Krouter::spawn(&home, &[]);
+        Self {
+            krouter,
+            upstream,
+            key,
+            _home: home,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.krouter.addr
+    }
+
+    /// `POST path` with the key, `extra` header lines (each ending in CRLF), and `body`
+    /// written after the head exactly as given.
+    fn post(&self, path: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+        let mut bytes = format!(
+            "POST {path} HTTP/1.1\r\nHost: krouter\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{extra}\r\n",
+            self.key
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// A chat completion with `extra` header lines and `body`.
+    fn chat(&self, extra: &str, body: &[u8]) -> Vec<u8> {
+        self.post("/v1/chat/completions", extra, body)
+    }
+
+    /// Runs `case` on a fresh connection and checks everything the suite promises.
+    fn run(&mut self, case: &Case) {
+        let name = case.name;
+        let before = self.upstream.requests().len();
+        let mut raw = Raw::connect(self.addr());
+        match &case.write {
+            Write::All(bytes) => {
+                raw.send(bytes);
+            }
+            Write::Trickle {
+                first,
+                rest,
+                piece,
+                pause,
+            } => {
+                if raw.send(first) {
+                    raw.trickle(rest, *piece, *pause, WAIT);
+                }
+            }
+            Write::Nothing => {}
+        }
+        let outcome = raw.response(WAIT);
+        if let Outcome::Response(response) = &outcome {
+            assert!(
+                response.status < 500,
+                "{name}: a server error: {response:?}"
+            );
+            // krouter's own answers carry a request id; hyper's answers to heads it cannot
+            // parse (a bare 400 or 431) are written before krouter sees a request.
+            if response.header("x-request-id").is_some() {
+                assert_eq!(
+                    response.header("x-content-type-options"),
+                    Some("nosniff"),
+                    "{name}: {response:?}"
+                );
+            }
+            assert_eq!(response.header("server"), None, "{name}");
+        }
+        match (case.expect, &outcome) {
+            (Expect::Status(status, close), Outcome::Response(response)) => {
+                assert_eq!(response.status, status, "{name}: {response:?}");
+                if close {
+                    assert!(
+                        raw.closed_within(WAIT),
+                        "{name}: the connection stayed open"
+                    );
+                } else {
+                    assert!(
+                        !raw.closed_within(Duration::from_millis(300)),
+                        "{name}: the connection was closed"
+                    );
+                }
+            }
+            (Expect::StatusOrClosed(status), Outcome::Response(response)) => {
+                assert_eq!(response.status, status, "{name}: {response:?}");
+                assert!(
+                    raw.closed_within(WAIT),
+                    "{name}: the connection stayed open"
+                );
+            }
+            (Expect::Closed | Expect::StatusOrClosed(_), Outcome::Closed) => {}
+            (expect, outcome) => panic!("{name}: expected {expect:?}, got {outcome:?}"),
+        }
+        let seen = self.upstream.requests();
+        assert_eq!(
+            seen.len() - before,
+            case.forwarded,
+            "{name}: the upstream saw {:?}",
+            &seen[before..]
+        );
+        self.healthy(name);
+    }
+
+    /// `/healthz` answers 200 (polled: the connection a case left may still count against
+    /// the cap for a moment) and the process runs.
+    fn healthy(&mut self, after: &str) {
+        let deadline = Instant::now() + WAIT;
+        while status_of(self.addr(), "/healthz", WAIT) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "{after}: /healthz stopped answering"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(self.krouter.alive(), "{after}: krouter exited");
+    }
+
+    fn stop(self) {
+        let (status, log) = self.krouter.stop();
+        assert!(status.success(), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+fn all(bytes: impl Into<Vec<u8>>) -> Write {
+    Write::All(bytes.into())
+}
+
+/// A chunked body of one chunk holding `data`.
+fn chunked(data: &[u8]) -> Vec<u8> {
+    let mut body = format!("{:x}\r\n", data.len()).into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    body
+}
+
+// === the tables ===
+
+#[test]
+fn ambiguous_framing_oversized_heads_and_bodies_and_unsafe_methods_are_refused() {
+    let mut bench = Bench::start(TIGHT_LIMITS);
+    let body = CHAT.as_bytes();
+    let length = |n: usize| format!("Content-Length: {n}\r\n");
+    let hidden =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: krouter\r\nContent-Length: 2\r\n\r\n{}";
+    let big_header = format!("X-Big: {}\r\n", "a".repeat(9000));
+    let many_headers: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let json_with_request = format!(
+        r#"{{"model":"chat","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        hidden.replace("\r\n", "\\r\\n")
+    );
+
+    #[rustfmt::skip]
+    let cases = vec![
+        Case { name: "control: a well-formed request gets through", forwarded: 1,
+            write: all(bench.chat(&length(body.len()), body)), expect: Expect::Status(200, false) },
+        Case { name: "control: a chunked request gets through", forwarded: 1,
+            write: all(bench.chat("Transfer-Encoding: chunked\r\n", &chunked(body))), expect: Expect::Status(200, false) },
+        Case { name: "Content-Length with Transfer-Encoding", forwarded: 0,
+            write: all(bench.chat(&format!("{}Transfer-Encoding: chunked\r\n", length(4)), &chunked(body))),
+            expect: Expect::Status(400, true) },
+        Case { name: "Transfer-Encoding then Content-Length", forwarded: 0,
+            write: all(bench.chat(&format!("Transfer-Encoding: chunked\r\n{}", length(4)), &chunked(body))),
+            expect: Expect::Status(400, true) },
+        Case { name: "two differing Content-Lengths", forwarded: 0,
+            write: all(bench.chat(&format!("{}{}", length(body.len()), length(5)), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "a signed Content-Length", forwarded: 0,
+            write: all(bench.chat(&format!("Content-Length: +{}\r\n", body.len()), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "chunked, then gzip", forwarded: 0,
+            write: all(bench.chat("Transfer-Encoding: chunked, gzip\r\n", &chunked(body))),
+            expect: Expect::Status(400, true) },
+        Case { name: "gzip, then chunked", forwarded: 0,
+            write: all(bench.chat("Transfer-Encoding: gzip, chunked\r\n", &chunked(body))),
+            expect: Expect::Status(400, true) },
+        Case { name: "identity transfer coding", forwarded: 0,
+            write: all(bench.chat(&format!("Transfer-Encoding: identity\r\n{}", length(body.len())), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "two Transfer-Encoding lines", forwarded: 0,
+            write: all(bench.chat("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", &chunked(body))),
+            expect: Expect::Status(400, true) },
+        Case { name: "Transfer-Encoding in HTTP/1.0", forwarded: 0,
+            write: all(format!("POST /v1/chat/completions HTTP/1.0\r\nHost: krouter\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n", bench.key).into_bytes()),
+            expect: Expect::Status(400, true) },
+        Case { name: "obs-fold", forwarded: 0,
+            write: all(bench.chat(&format!("X-Folded: a\r\n b\r\n{}", length(body.len())), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "whitespace before a colon", forwarded: 0,
+            write: all(bench.chat(&format!("Content-Length : {}\r\n", body.len()), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "two Host headers", forwarded: 0,
+            write: all(bench.chat(&format!("Host: elsewhere\r\n{}", length(body.len())), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "no Host header", forwarded: 0,
+            write: all(format!("POST /v1/chat/completions HTTP/1.1\r\nAuthorization: Bearer {}\r\n{}\r\n{CHAT}", bench.key, length(body.len())).into_bytes()),
+            expect: Expect::Status(400, true) },
+        Case { name: "a NUL in a header value", forwarded: 0,
+            write: all(bench.chat(&format!("X-Nul: a\0b\r\n{}", length(body.len())), body)),
+            expect: Expect::Status(400, true) },
+        Case { name: "a chunk size that overflows", forwarded: 0,
+            write: all(bench.chat("Transfer-Encoding: chunked\r\n", b"fffffffffffffffff1\r\n{}\r\n0\r\n\r\n")),
+            expect: Expect::Status(400, true) },
+        Case { name: "a chunk over the endpoint's body limit", forwarded: 0,
+            write: all(bench.chat("Transfer-Encoding: chunked\r\n", &chunked(&[b' '; 5000]))),
+            expect: Expect::Status(413, true) },
+        Case { name: "a declared body over the endpoint's limit", forwarded: 0,
+            write: all(bench.chat(&length(5000), &[b' '; 5000])),
+            expect: Expect::Status(413, true) },
+        Case { name: "a body over the smaller embeddings limit", forwarded: 0,
+            write: all(bench.post("/v1/embeddings", &length(2000), &[b' '; 2000])),
+            expect: Expect::Status(413, true) },
+        Case { name: "header bytes over the limit", forwarded: 0,
+            write: all(bench.chat(&format!("{big_header}{}", length(body.len())), body)),
+            expect: Expect::Status(431, true) },
+        Case { name: "too many headers", forwarded: 0,
+            write: all(bench.chat(&format!("{many_headers}{}", length(body.len())), body)),
+            expect: Expect::Status(431, true) },
+        Case { name: "an over-long request line", forwarded: 0,
+            write: all(format!("GET /healthz?{} HTTP/1.1\r\nHost: krouter\r\n\r\n", "q".repeat(10_000)).into_bytes()),
+            expect: Expect::Status(431, true) },
+        Case { name: "TRACE", forwarded: 0,
+            write: all(&b"TRACE / HTTP/1.1\r\nHost: krouter\r\n\r\n"[..]),
+            expect: Expect::Status(405, true) },
+        Case { name: "CONNECT", forwarded: 0,
+            write: all(format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", bench.upstream.addr()).into_bytes()),
+            expect: Expect::Status(405, true) },
+        Case { name: "a method the endpoint does not take", forwarded: 0,
+            write: all(format!("GET /v1/chat/completions HTTP/1.1\r\nHost: krouter\r\nAuthorization: Bearer {}\r\n\r\n", bench.key).into_bytes()),
+            expect: Expect::Status(405, true) },
+        Case { name: "OPTIONS", forwarded: 0,
+            write: all(&b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: krouter\r\n\r\n"[..]),
+            expect: Expect::Status(405, true) },
+        Case { name: "smuggling: CL.TE with a request after an empty chunked body", forwarded: 0,
+            write: all(bench.chat(&format!("{}Transfer-Encoding: chunked\r\n", length(5 + hidden.len())), format!("0\r\n\r\n{hidden}").as_bytes())),
+            expect: Expect::Status(400, true) },
+        Case { name: "smuggling: TE.CL with a request inside the chunk", forwarded: 0,
+            write: all(bench.chat(&format!("Transfer-Encoding: chunked\r\n{}", length(3)), &chunked(hidden.as_bytes()))),
+            expect: Expect::Status(400, true) },
+        Case { name: "smuggling: a request inside a JSON string is one request", forwarded: 1,
+            write: all(bench.chat(&length(json_with_request.len()), json_with_request.as_bytes())),
+            expect: Expect::Status(200, false) },
+    ];
+    for case in &cases {
+        bench.run(case);
+    }
+
+    // Allow lists the methods of the path; errors are never cached.
+    let mut raw = Raw::connect(bench.addr());
+    raw.send(b"PUT /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n");
+    let Outcome::Response(response) = raw.response(WAIT) else {
+        panic!("no answer to PUT /healthz");
+    };
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET, HEAD"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    assert_eq!(response.header("connection"), Some("close"));
+
+    // A chunked request pipelined behind another cannot be checked against its raw head:
+    // the first is answered, the second refused, and only the first reaches the upstream.
+    let before = bench.upstream.requests().len();
+    let mut raw = Raw::connect(bench.addr());
+    let mut two = bench.chat(&length(body.len()), body);
+    two.extend(bench.chat("Transfer-Encoding: chunked\r\n", &chunked(body)));
+    raw.send(&two);
+    let statuses: Vec<u16> = [raw.response(WAIT), raw.response(WAIT)]
+        .iter()
+        .map(|outcome| match outcome {
+            Outcome::Response(response) => response.status,
+            other => panic!("pipelined: {other:?}"),
+        })
+        .collect();
+    assert_eq!(statuses, [200, 400]);
+    assert!(raw.closed_within(WAIT));
+    assert_eq!(bench.upstream.requests().len() - before, 1);
+    bench.healthy("pipelined chunked request");
+
+    // The request hidden in a JSON string reached the upstream as text, once.
+    let seen = bench.upstream.requests();
+    assert!(
+        seen.iter()
+            .filter(
+                |s| String::from_utf8_lossy(&s.body).contains("POST /v1/chat/completions HTTP/1.1")
+            )
+            .count()
+            == 1
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.method == "POST" && s.path == "/v1/chat/completions")
+    );
+    bench.stop();
+}
+
+#[test]
+fn slow_and_idle_clients_are_dropped() {
+    let mut bench = Bench::start(TIGHT_LIMITS);
+    let head = bench.chat(&format!("Content-Length: {}\r\n", 2000), b"");
+    let mut stalled = head.clone();
+    stalled.extend_from_slice(br#"{"model":"chat","#);
+
+    #[rustfmt::skip]
+    let cases = vec![
+        Case { name: "a connection that sends nothing", forwarded: 0,
+            write: Write::Nothing, expect: Expect::Closed },
+        Case { name: "slowloris: a head one byte at a time", forwarded: 0,
+            write: Write::Trickle {
+                first: Vec::new(),
+                rest: format!("GET /healthz HTTP/1.1\r\nHost: krouter\r\nX-Slow: {}\r\n\r\n", "s".repeat(200)).into_bytes(),
+                piece: 1, pause: Duration::from_millis(200) },
+            expect: Expect::Closed },
+        Case { name: "a body under the minimum rate", forwarded: 0,
+            write: Write::Trickle { first: head, rest: vec![b' '; 2000], piece: 1, pause: Duration::from_millis(200) },
+            expect: Expect::StatusOrClosed(408) },
+        Case { name: "a body that stops half-way", forwarded: 0,
+            write: all(stalled), expect: Expect::StatusOrClosed(408) },
+    ];
+    for case in &cases {
+        bench.run(case);
+    }
+
+    // A kept-alive connection with no next request is closed after the idle time.
+    let mut raw = Raw::connect(bench.addr());
+    raw.send(b"GET /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n");
+    assert!(matches!(raw.response(WAIT), Outcome::Response(r) if r.status == 200));
+    assert!(
+        raw.closed_within(WAIT),
+        "an idle kept-alive connection stayed open"
+    );
+
+    // So is an HTTP/2 connection, with a GOAWAY first.
+    let mut raw = Raw::connect(bench.addr());
+    let mut request = h2::hello();
+    request.extend(h2::frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        1,
+        &h2::get("/healthz"),
+    ));
+    raw.send(&request);
+    assert_eq!(h2::answer(&mut raw, 1, WAIT), Some(h2::HEADERS));
+    let end = h2::end(&mut raw, WAIT);
+    assert!(
+        matches!(end, h2::End::GoAway(0) | h2::End::Closed),
+        "an idle HTTP/2 connection: {end:?}"
+    );
+
+    // A client that stops reading its responses is dropped once its buffers are full.
+    let mut raw = Raw::connect(bench.addr());
+    let request = b"GET /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n".repeat(200);
+    let started = Instant::now();
+    let mut dropped = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        if !raw.send(&request) {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(
+        dropped && raw.closed_within(WAIT),
+        "a client that never reads was never dropped"
+    );
+    bench.healthy("a client that never reads");
+    bench.stop();
+}
+
+#[test]
+fn connections_beyond_the_cap_are_refused_and_logged_sparingly() {
+    let mut bench = Bench::start("[limits]\nmax_connections = 4\n");
+    // Four connections, each mid-way through a head, hold every slot.
+    let holders: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut raw = Raw::connect(bench.addr());
+            raw.send(b"GET /healthz HTTP/1.1\r\n");
+            raw
+        })
+        .collect();
+    // The slots are taken when krouter accepts: give it a moment to accept all four.
+    std::thread::sleep(Duration::from_millis(500));
+    for attempt in 0..10 {
+        let mut raw = Raw::connect(bench.addr());
+        raw.send(b"GET /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n");
+        match raw.response(WAIT) {
+            Outcome::Response(response) => {
+                assert_eq!(response.status, 503, "attempt {attempt}: {response:?}");
+                assert_eq!(response.header("connection"), Some("close"));
+                assert!(raw.closed_within(WAIT));
+            }
+            Outcome::Closed => {}
+            Outcome::Silent => panic!("attempt {attempt}: neither refused nor closed"),
+        }
+    }
+    drop(holders);
+    bench.healthy("the cap");
+    // One line at once, then at most one per 10 s: the ten refusals above make one or two.
+    bench.krouter.wait_for_log("connection limit reached", WAIT);
+    let log = bench.krouter.log();
+    let lines = log.matches("connection limit reached").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for 10 refusals:\n{log}"
+    );
+    assert!(bench.upstream.requests().is_empty());
+    bench.stop();
+}
+
+#[test]
+fn http2_floods_end_in_goaway_or_a_closed_connection() {
+    let mut bench = Bench::start(TIGHT_LIMITS);
+
+    // Rapid reset: streams opened and cancelled at once, thousands of them.
+    let mut flood = h2::hello();
+    for i in 0..5_000u32 {
+        let stream = 2 * i + 1;
+        flood.extend(h2::frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            stream,
+            &h2::get("/healthz"),
+        ));
+        flood.extend(h2::rst_stream(stream, h2::CANCEL));
+    }
+    let mut raw = Raw::connect(bench.addr());
+    raw.send(&flood);
+    let end = h2::end(&mut raw, WAIT);
+    assert!(
+        matches!(end, h2::End::GoAway(_) | h2::End::Closed),
+        "rapid reset: {end:?}"
+    );
+    bench.healthy("rapid reset");
+
+    // CONTINUATION flood: one header block that never ends.
+    let mut flood = h2::hello();
+    flood.extend(h2::frame(
+        h2::HEADERS,
+        h2::END_STREAM,
+        1,
+        &h2::get("/healthz"),
+    ));
+    let filler = h2::block(&[("x-flood", &"f".repeat(1000))]);
+    for _ in 0..5_000 {
+        flood.extend(h2::frame(h2::CONTINUATION, 0, 1, &filler));
+    }
+    let mut raw = Raw::connect(bench.addr());
+    raw.send(&flood);
+    let end = h2::end(&mut raw, WAIT);
+    assert!(
+        matches!(end, h2::End::GoAway(_) | h2::End::Closed),
+        "CONTINUATION flood: {end:?}"
+    );
+    bench.healthy("CONTINUATION flood");
+
+    // A request whose header list is over the limit never reaches the upstream (h2 answers
+    // it with a 431 or a reset); the same request within the limit does, so the frames
+    // themselves are right.
+    let key = format!("Bearer {}", bench.key);
+    let padding = "b".repeat(12_000);
+    for (padding, forwarded) in [("small", 1), (padding.as_str(), 0)] {
+        let before = bench.upstream.requests().len();
+        let fields = [
+            ("authorization", key.as_str()),
+            ("content-type", "application/json"),
+            ("x-padding", padding),
+        ];
+        let mut request = h2::hello();
+        request.extend(h2::frame(
+            h2::HEADERS,
+            h2::END_HEADERS,
+            1,
+            &h2::request("POST", "/v1/chat/completions", &fields),
+        ));
+        request.extend(h2::frame(h2::DATA, h2::END_STREAM, 1, CHAT.as_bytes()));
+        let mut raw = Raw::connect(bench.addr());
+        raw.send(&request);
+        let answer = h2::answer(&mut raw, 1, WAIT);
+        assert!(
+            matches!(answer, Some(h2::HEADERS | h2::RST_STREAM)),
+            "{} bytes of headers: {answer:?}",
+            padding.len()
+        );
+        assert_eq!(
+            bench.upstream.requests().len() - before,
+            forwarded,
+            "{} bytes of headers",
+            padding.len()
+        );
+        bench.healthy("an oversized header list");
+    }
+
+    assert_eq!(bench.upstream.requests().len(), 1);
+    bench.stop();
+}
