@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use krouter_policy::{Limits, Policy};
+
 use crate::error::Error;
 use crate::sandbox::{self, Access, Plan, proof};
 use crate::startup::Loaded;
@@ -81,7 +83,105 @@ pub fn report(loaded: &Loaded) -> String {
     }
     let _ = writeln!(out, "  groups      {}", summary.groups.join(", "));
     let _ = writeln!(out, "  upstream ports {:?}", policy.upstream_ports());
+    access(&mut out, policy);
+    limits(&mut out, policy.limits());
     out
+}
+
+/// The `[access]` lines: who may connect, whose `X-Forwarded-For` counts, lockout, rate
+/// limits and CORS, so an operator sees the edge the proxy would enforce.
+fn access(out: &mut String, policy: &Policy) {
+    let access = policy.access();
+    let nets = |nets: &[ipnet::IpNet]| {
+        if nets.is_empty() {
+            "none".to_owned()
+        } else {
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  ip allow    {}",
+        if access.ip_allow().is_empty() {
+            "any address not denied".to_owned()
+        } else {
+            nets(access.ip_allow())
+        }
+    );
+    let _ = writeln!(out, "  ip deny     {}", nets(access.ip_deny()));
+    let _ = writeln!(out, "  trusted proxies {}", nets(access.trusted_proxies()));
+    let lockout = access.lockout();
+    let _ = writeln!(
+        out,
+        "  lockout     {} failures in {} s lock an address for {} s",
+        lockout.max_failures(),
+        lockout.window().as_secs(),
+        lockout.duration().as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "  rate limits {} per minute per address without a valid key; per key: {}",
+        access
+            .unauthenticated_requests_per_minute()
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        access
+            .groups()
+            .iter()
+            .map(|group| format!(
+                "{} {}",
+                group.name(),
+                group
+                    .requests_per_minute()
+                    .map_or_else(|| "unlimited".to_owned(), |n| format!("{n}/min"))
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  cors origins {}",
+        if access.cors_origins().is_empty() {
+            "none".to_owned()
+        } else {
+            access.cors_origins().join(", ")
+        }
+    );
+}
+
+/// The `[limits]` lines: every size, count and time the edge holds clients to.
+fn limits(out: &mut String, limits: &Limits) {
+    let ms = |d: std::time::Duration| d.as_millis();
+    let _ = writeln!(
+        out,
+        "  limits      head {} bytes, {} headers, head within {} ms, idle {} ms, {} connections, {} HTTP/2 streams",
+        limits.max_header_bytes(),
+        limits.max_headers(),
+        ms(limits.header_read_timeout()),
+        ms(limits.keep_alive_idle()),
+        limits.max_connections(),
+        limits.h2_max_concurrent_streams()
+    );
+    let _ = writeln!(
+        out,
+        "              body within {} ms, at least {} bytes/s after {} ms; response writes stall at most {} ms",
+        ms(limits.body_read_timeout()),
+        limits.body_min_bytes_per_sec(),
+        ms(limits.body_min_rate_grace()),
+        ms(limits.response_write_timeout())
+    );
+    let body = limits.max_body_bytes();
+    let _ = writeln!(
+        out,
+        "              body bytes: chat_completions {}, responses {}, messages {}, count_tokens {}, embeddings {}",
+        body.chat_completions(),
+        body.responses(),
+        body.messages(),
+        body.count_tokens(),
+        body.embeddings()
+    );
 }
 
 /// `krouter check --sandbox`: builds the plan serving would use, applies it to this process

@@ -1,5 +1,5 @@
 //! `krouter check` through the real binary: a fresh home passes and the report names where
-//! each secret came from without showing it; a tampered policy, a rolled-back serial and a
+//! each secret came from without showing it, and the edge's access rules and limits; a tampered policy, a rolled-back serial and a
 //! public listener without API keys are each refused with their exit code.
 
 use std::fs;
@@ -20,6 +20,13 @@ fn a_fresh_home_checks_out_without_showing_secrets() {
         "listen      127.0.0.1:20128",
         "serial 1",
         "STORAGE_ENCRYPTION_KEY: set (from",
+        // The edge the default policy enforces.
+        "ip allow    any address not denied",
+        "lockout     10 failures in 60 s lock an address for 900 s",
+        "rate limits 120 per minute per address without a valid key",
+        "cors origins none",
+        "limits      head 32768 bytes, 100 headers, head within 10000 ms, idle 60000 ms, 1024 connections, 100 HTTP/2 streams",
+        "embeddings 4194304",
     ] {
         assert!(run.stdout.contains(want), "{want}: {run:?}");
     }
