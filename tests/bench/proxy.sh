@@ -3,10 +3,11 @@
 # same client (krouter-load), the same upstream (krouter-demo-upstream) and the same requests,
 # in one run. See docs/benchmarks.md, "Proxy: direct vs nginx vs krouter".
 #
-# usage: bash tests/bench/proxy.sh [--quick] [--no-build] [--keep]
+# usage: bash tests/bench/proxy.sh [--quick] [--no-build] [--keep] [--baseline=DIR]
 #   --quick     short runs (0.5 s warm-up + 2 s each) for a smoke test; figures are rough
 #   --no-build  use the release binaries already in the target directory
 #   --keep      keep the temporary directory (logs, configs, raw results) and print its path
+#   --baseline=DIR  also run DIR/krouter (an earlier release build) in the same runs, for A/B
 #
 # It installs nginx (Debian package nginx-light, else nginx) with apt-get when it is missing,
 # builds the release binaries, uses only 127.0.0.1 and ports it picks, and stops everything it
@@ -16,12 +17,13 @@ set -euo pipefail
 # The whole script is one block, so bash reads it all before running: editing the file during
 # a run cannot change the run.
 {
-usage() { sed -n '6,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '6,10s/^# \{0,1\}//p' "$0"; }
 
-quick=0 build=1 keep=0
+quick=0 build=1 keep=0 baseline=
 for arg in "$@"; do
     case $arg in
         --quick) quick=1 ;;
+        --baseline=*) baseline=${arg#--baseline=} ;;
         --no-build) build=0 ;;
         --keep) keep=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -185,6 +187,19 @@ kaddr=$(grep -m1 '"message":"listening"' "$tmp/krouter.log" | sed -n 's/.*"addr"
 [[ -n $kaddr ]] || die "no address in krouter's listening line"
 [[ $(cat "/proc/$kpid/comm") == krouter ]] || die "pid $kpid is not krouter"
 
+# The baseline krouter (--baseline): the same home, policy and key, its own port, the same
+# CPU. Its runs sit between krouter's and the next target's, so both see the same machine.
+if [[ -n $baseline ]]; then
+    [[ -x $baseline/krouter ]] || die "--baseline: $baseline/krouter is missing"
+    "${kenv[@]}" KROUTER_LISTEN=127.0.0.1:0 KROUTER_LOG_FORMAT=json \
+        taskset -c "$cpu_proxy" "$baseline/krouter" >/dev/null 2>"$tmp/baseline.log" &
+    bpid=$!
+    pids+=("$bpid")
+    wait_for "$tmp/baseline.log" '"message":"listening"'
+    baddr=$(grep -m1 '"message":"listening"' "$tmp/baseline.log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p')
+    [[ -n $baddr ]] || die "no address in the baseline's listening line"
+fi
+
 # --- nginx: foreground, one worker, everything under $tmp/nginx. ---------------------------
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 mkdir -p "$tmp/nginx"
@@ -294,6 +309,10 @@ url[nginx]=http://127.0.0.1:$nport
 url[krouter]=http://$kaddr
 proc[direct]= proc[nginx]="$npid $nworker" proc[krouter]=$kpid
 targets=(direct nginx krouter)
+if [[ -n $baseline ]]; then
+    url[baseline]=http://$baddr proc[baseline]=$bpid
+    targets+=(baseline)
+fi
 
 body_json='{"model":"bench","messages":[{"role":"user","content":"Say hello."}]}'
 body_stream='{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
@@ -344,6 +363,7 @@ load() {
 
 # --- Idle memory, a check that every path answers, then the runs. --------------------------
 R[krouter.idle]=$(mem_kib "$kpid" VmRSS)
+[[ -z $baseline ]] || R[baseline.idle]=$(mem_kib "$bpid" VmRSS)
 R[nginx.idle]=$(mem_kib "$nworker" VmRSS)
 R[nginx.master]=$(mem_kib "$npid" VmRSS)
 for t in "${targets[@]}"; do
@@ -363,6 +383,7 @@ for t in "${targets[@]}"; do load "$t" gap "${common[@]}" --connections 8 --sse 
 for t in "${targets[@]}"; do load "$t" c32 "${common[@]}" --connections 32 --body "$body_json"; done
 for t in "${targets[@]}"; do load "$t" c256 "${common[@]}" --connections 256 --body "$body_json"; done
 R[krouter.peak]=$(mem_kib "$kpid" VmHWM)
+[[ -z $baseline ]] || R[baseline.peak]=$(mem_kib "$bpid" VmHWM)
 R[nginx.peak]=$(mem_kib "$nworker" VmHWM)
 elapsed=$(($(date +%s) - started))
 klines=$(wc -l <"$tmp/krouter.log")
@@ -413,6 +434,15 @@ echo "nginx: worker process figures (its master adds $(mib "${R[nginx.master]}")
 echo "krouter CPU µs per request by thread: 32 conns: ${R[krouter.c32.threads]:-?}; 256 conns: ${R[krouter.c256.threads]:-?}"
 echo "note: proxy CPU busy well under 100 % means that proxy was not the bottleneck (the client and upstream CPU was); compare CPU per request then, not requests/s."
 echo "per-request log lines: krouter $klines (JSON to a file), nginx $nlines (access_log to a file); errors in all runs: $total_errors"
+if [[ -n $baseline ]]; then
+    echo
+    echo "baseline $baseline/krouter, run in the same rounds (krouter / baseline):"
+    for c in c1 c32 c256; do
+        echo "  CPU per request, ${c#c} connections: ${R[krouter.$c.cpu]} / ${R[baseline.$c.cpu]} µs = $(awk -v k="${R[krouter.$c.cpu]}" -v b="${R[baseline.$c.cpu]}" 'BEGIN { if (b > 0) printf "%+.1f %%", (k / b - 1) * 100; else print "n/a" }')"
+    done
+    echo "  added p50 latency, 1 connection: $(added krouter us c1 p50_us) / $(added baseline us c1 p50_us) µs"
+    echo "  peak RSS after 256 connections: $(mib "${R[krouter.peak]}") / $(mib "${R[baseline.peak]}") MiB"
+fi
 
 # --- Targets. ------------------------------------------------------------------------------
 verdict() { if [[ $1 == 1 ]]; then echo PASS; else echo MISS; fi; }

@@ -15,8 +15,9 @@
 //!
 //! hyper removes the `Content-Length` it ignores before the request reaches krouter, so the
 //! listener keeps what the raw head said ([`RawHead`], built by [`RawHead::scan`] from the
-//! bytes as they are read) and this stage checks it for every request that carries
-//! `Transfer-Encoding`.
+//! bytes as they are read, and only for heads that carry `Transfer-Encoding`, so a request
+//! framed by `Content-Length` costs one pass over its head and nothing more) and this stage
+//! checks it for every request that carries `Transfer-Encoding`.
 
 use http::Version;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -133,21 +134,24 @@ impl RawHead {
             .map(|at| at + 1)
     }
 
-    /// The facts of a complete head (as delimited by [`RawHead::end`]).
-    pub fn scan(head: &[u8]) -> Self {
+    /// The facts of a complete head (as delimited by [`RawHead::end`]), when it has a header
+    /// line named `Transfer-Encoding`; `None` otherwise, since only such a head is ever
+    /// checked (a request hyper reads as chunked without one is refused by [`framing`]).
+    pub fn scan(head: &[u8]) -> Option<Self> {
         let mut lines = head
             .split(|b| *b == b'\n')
             .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-        let line = lines.next().unwrap_or_default().to_vec();
-        let content_length = lines.any(|line| {
-            line.split(|b| *b == b':')
-                .next()
-                .is_some_and(|name| name.eq_ignore_ascii_case(b"content-length"))
-        });
-        Self {
-            line,
-            content_length,
+        let first = lines.next().unwrap_or_default();
+        let (mut content_length, mut transfer_encoding) = (false, false);
+        for line in lines {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            content_length |= name.eq_ignore_ascii_case(b"content-length");
+            transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
         }
+        transfer_encoding.then(|| Self {
+            line: first.to_vec(),
+            content_length,
+        })
     }
 
     /// Whether this is the head of the request `parts`: its request line is exactly
@@ -190,8 +194,8 @@ mod tests {
         }
         let (mut parts, ()) = builder.body(()).unwrap().into_parts();
         let bytes = head.as_bytes();
-        if let Some(end) = RawHead::end(bytes, 0) {
-            parts.extensions.insert(RawHead::scan(&bytes[..end]));
+        if let Some(raw) = RawHead::end(bytes, 0).and_then(|end| RawHead::scan(&bytes[..end])) {
+            parts.extensions.insert(raw);
         }
         parts
     }
@@ -211,11 +215,25 @@ mod tests {
 
     #[test]
     fn the_scan_sees_a_content_length_whatever_its_case() {
-        let raw = RawHead::scan(b"POST /a HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh: 4\r\n\r\n");
+        let raw = RawHead::scan(
+            b"POST /a HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
         assert!(raw.content_length);
         assert_eq!(raw.line, b"POST /a HTTP/1.1");
-        let raw = RawHead::scan(b"POST /a HTTP/1.1\nX-Content-Length: 4\n\n");
+        let raw =
+            RawHead::scan(b"POST /a HTTP/1.1\nX-Content-Length: 4\ntRaNsFeR-eNcOdInG: chunked\n\n")
+                .unwrap();
         assert!(!raw.content_length);
+        // A head without Transfer-Encoding is never checked, so nothing is kept of it.
+        assert_eq!(
+            RawHead::scan(b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            RawHead::scan(b"POST /a HTTP/1.1\r\nX-Transfer-Encoding: chunked\r\n\r\n"),
+            None
+        );
     }
 
     #[test]
@@ -250,14 +268,16 @@ mod tests {
         p.extensions.clear();
         assert!(framing(&p).is_err());
         // The head of another request (a pipelined one) does not vouch for this one.
-        p.extensions.insert(RawHead::scan(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n",
-        ));
+        p.extensions.insert(
+            RawHead::scan(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .unwrap(),
+        );
         assert!(framing(&p).is_err());
         // Nor does a head captured from its middle.
-        p.extensions.insert(RawHead::scan(
-            b"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ));
+        p.extensions
+            .insert(RawHead::scan(b"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap());
         assert!(framing(&p).is_err());
     }
 }
