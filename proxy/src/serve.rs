@@ -190,17 +190,25 @@ async fn serve_connection(
     // One timer, moved only when the next deadline comes earlier: a deadline that moved
     // later is noticed when the timer fires and finds nothing expired.
     let mut timer = pin!(tokio::time::sleep_until(watch.next(&limits).0));
+    // The two wake-ups live across loop turns: made anew each turn, they would register
+    // with (and leave) their notifiers on every turn, and the shutdown one is shared by
+    // every connection.
+    let mut changed = pin!(watch.changed());
+    let mut stopped = pin!(stopping.changed());
     let mut closing = false;
     let mut draining = false;
     loop {
         tokio::select! {
+            // The connection first: its work is what the task is woken for nearly always.
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 return;
             }
-            () = watch.changed(), if !closing => {
+            () = changed.as_mut(), if !closing => {
+                changed.set(watch.changed());
                 let (deadline, _) = watch.next(&limits);
                 if deadline < timer.deadline() {
                     timer.as_mut().reset(deadline);
@@ -228,9 +236,9 @@ async fn serve_connection(
                     Expiry::Head | Expiry::Idle | Expiry::Write => return,
                 }
             }
-            changed = stopping.changed(), if !draining => {
+            result = stopped.as_mut(), if !draining => {
                 draining = true;
-                if changed.is_ok() {
+                if result.is_ok() {
                     connection.as_mut().graceful_shutdown();
                 }
             }
