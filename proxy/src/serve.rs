@@ -165,7 +165,7 @@ async fn serve_connection(
     in_flight: Arc<AtomicUsize>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let watch = Arc::new(Watch::new());
+    let watch = Arc::new(Watch::new(&limits));
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch), max_head));
     let service = {
@@ -189,7 +189,7 @@ async fn serve_connection(
     let mut connection = pin!(builder.serve_connection(io, service));
     // One timer, moved only when the next deadline comes earlier: a deadline that moved
     // later is noticed when the timer fires and finds nothing expired.
-    let mut timer = pin!(tokio::time::sleep_until(watch.next(&limits).0));
+    let mut timer = pin!(tokio::time::sleep_until(watch.arm(&limits, None).0));
     // The two wake-ups live across loop turns: made anew each turn, they would register
     // with (and leave) their notifiers on every turn, and the shutdown one is shared by
     // every connection.
@@ -209,7 +209,7 @@ async fn serve_connection(
             }
             () = changed.as_mut(), if !closing => {
                 changed.set(watch.changed());
-                let (deadline, _) = watch.next(&limits);
+                let (deadline, _) = watch.arm(&limits, Some(timer.deadline()));
                 if deadline < timer.deadline() {
                     timer.as_mut().reset(deadline);
                 }
@@ -218,7 +218,7 @@ async fn serve_connection(
                 if closing {
                     return;
                 }
-                let (deadline, expiry) = watch.next(&limits);
+                let (deadline, expiry) = watch.arm(&limits, None);
                 if deadline > Instant::now() {
                     timer.as_mut().reset(deadline);
                     continue;

@@ -118,10 +118,8 @@ impl RawHead {
     /// does). A line ends with LF, optionally after CR (as httparse reads it).
     pub fn end(bytes: &[u8], from: usize) -> Option<usize> {
         let tail = bytes.get(from..)?;
-        tail.iter()
-            .enumerate()
-            .filter(|(_, byte)| **byte == b'\n')
-            .map(|(offset, _)| from + offset)
+        memchr::memchr_iter(b'\n', tail)
+            .map(|offset| from + offset)
             .find(|at| {
                 // The line ending here is empty when it holds nothing but an optional CR.
                 let before = |n: usize| at.checked_sub(n).and_then(|i| bytes.get(i));

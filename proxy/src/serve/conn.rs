@@ -4,11 +4,17 @@
 //! as bytes are read and written, and [`Active`] counts one request from the call of the
 //! service to the end of its response body.
 //!
-//! From these the listener derives one deadline at a time ([`Watch::next`]): the header
+//! From these the listener derives one deadline at a time ([`Watch::arm`]): the header
 //! read time for a fresh connection's first request and for a head once its first byte
 //! arrived, the idle time between requests, and the response write time while the client
 //! accepts nothing. The socket also keeps the raw bytes of each HTTP/1.x request head that
 //! arrives while no request is in flight, for [`RawHead`].
+//!
+//! The listener's timer is lazy: a change that moves the deadline later wakes nobody (the
+//! timer fires early, finds nothing expired and is set again), and a change that moves it
+//! earlier wakes the listener only when the new deadline comes before the armed one. On a
+//! busy keep-alive connection this is one timer turn per header read time, not a wake-up
+//! and a timer reset per request.
 
 use std::io;
 use std::pin::Pin;
@@ -68,6 +74,13 @@ pub(crate) struct Watch {
     write_blocked_since: AtomicU64,
     /// Counts the times the connection went idle; a captured head belongs to one of them.
     epoch: AtomicU64,
+    /// When the listener's timer fires, in milliseconds from `start`; `UNSET` while the
+    /// listener is setting it, so that every change in the meantime wakes it.
+    armed: AtomicU64,
+    /// The limits in milliseconds: header read time, keep-alive idle, response write time.
+    head_ms: u64,
+    idle_ms: u64,
+    write_ms: u64,
     head: Mutex<Option<(u64, RawHead)>>,
     wake: Notify,
 }
@@ -101,8 +114,9 @@ pub(crate) struct Active {
 // === impl Watch ===
 
 impl Watch {
-    /// A fresh connection's watch.
-    pub(crate) fn new() -> Self {
+    /// A fresh connection's watch, under `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let ms = |time: Duration| u64::try_from(time.as_millis()).unwrap_or(UNSET - 1);
         Self {
             start: Instant::now(),
             protocol: AtomicU8::new(Protocol::Unknown as u8),
@@ -112,8 +126,43 @@ impl Watch {
             head_since: AtomicU64::new(UNSET),
             write_blocked_since: AtomicU64::new(UNSET),
             epoch: AtomicU64::new(0),
+            armed: AtomicU64::new(UNSET),
+            head_ms: ms(limits.header_read_timeout()),
+            idle_ms: ms(limits.keep_alive_idle()),
+            write_ms: ms(limits.response_write_timeout()),
             head: Mutex::new(None),
             wake: Notify::new(),
+        }
+    }
+
+    /// The deadline for the listener's timer, noted as armed: the next deadline
+    /// ([`Watch::next`]), or `keep` when that is earlier (a timer that fires early finds
+    /// nothing expired and is set again).
+    pub(crate) fn arm(&self, limits: &Limits, keep: Option<Instant>) -> (Instant, Expiry) {
+        // A swap, not a store: it reads what the last `moved` wrote, so the state that
+        // `moved` announced is seen below.
+        self.armed.swap(UNSET, Ordering::SeqCst);
+        let mut next = self.next(limits);
+        if let Some(keep) = keep
+            && keep < next.0
+        {
+            next.0 = keep;
+        }
+        let ms = u64::try_from(next.0.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(UNSET - 1);
+        // A change since the store above lowered the mark and woke the listener, which
+        // arms again; the mark stays as low as that change needs.
+        let _ = self
+            .armed
+            .compare_exchange(UNSET, ms, Ordering::SeqCst, Ordering::SeqCst);
+        next
+    }
+
+    /// Notes a deadline at `at` (milliseconds from `start`) and wakes the listener if its
+    /// timer is armed later than that.
+    fn moved(&self, at: u64) {
+        if self.armed.fetch_min(at, Ordering::SeqCst) > at {
+            self.wake.notify_one();
         }
     }
 
@@ -128,7 +177,7 @@ impl Watch {
     /// header read time, and an idle one the keep-alive time. On HTTP/2 a head is not told
     /// apart from other frames (pings, settings), so only the idle time applies after the
     /// first request.
-    pub(crate) fn next(&self, limits: &Limits) -> (Instant, Expiry) {
+    fn next(&self, limits: &Limits) -> (Instant, Expiry) {
         let at = |ms: u64| self.start + Duration::from_millis(ms);
         let mut next = (Instant::now() + FAR, Expiry::Idle);
         let mut earlier = |when: Instant, why: Expiry| {
@@ -230,8 +279,9 @@ impl Watched {
             return;
         }
         if watch.head_since.load(Ordering::Acquire) == UNSET {
-            watch.head_since.store(watch.now_ms(), Ordering::Release);
-            watch.wake.notify_one();
+            let now = watch.now_ms();
+            watch.head_since.store(now, Ordering::SeqCst);
+            watch.moved(now.saturating_add(watch.head_ms));
         }
         if watch.protocol() != Protocol::Http2 {
             let epoch = watch.epoch.load(Ordering::Acquire);
@@ -247,10 +297,9 @@ impl Watched {
         let blocked = watch.write_blocked_since.load(Ordering::Acquire);
         match (poll.is_pending(), blocked == UNSET) {
             (true, true) => {
-                watch
-                    .write_blocked_since
-                    .store(watch.now_ms(), Ordering::Release);
-                watch.wake.notify_one();
+                let now = watch.now_ms();
+                watch.write_blocked_since.store(now, Ordering::SeqCst);
+                watch.moved(now.saturating_add(watch.write_ms));
             }
             (false, false) => watch.write_blocked_since.store(UNSET, Ordering::Release),
             _ => {}
@@ -335,6 +384,11 @@ impl Capture {
                 .take_while(|b| matches!(b, b'\r' | b'\n'))
                 .count();
             bytes = bytes.get(skip..).unwrap_or_default();
+            // The usual case, a whole head in one read, is scanned where it lies.
+            if let Some(end) = RawHead::end(bytes, 0).filter(|end| *end <= self.max) {
+                self.done = true;
+                return bytes.get(..end).and_then(RawHead::scan);
+            }
         }
         let from = self.bytes.len();
         let room = self.max.saturating_sub(from);
@@ -379,10 +433,11 @@ impl Drop for Active {
             // Bytes read from now on start a new head, in a new epoch. On HTTP/1.1 this runs
             // on the connection's own task, so no read can come between the count and the
             // epoch; on HTTP/2 heads are not captured.
-            watch.idle_since.store(watch.now_ms(), Ordering::Release);
-            watch.head_since.store(UNSET, Ordering::Release);
+            let now = watch.now_ms();
+            watch.idle_since.store(now, Ordering::SeqCst);
+            watch.head_since.store(UNSET, Ordering::SeqCst);
             watch.epoch.fetch_add(1, Ordering::AcqRel);
-            watch.wake.notify_one();
+            watch.moved(now.saturating_add(watch.idle_ms));
         }
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
