@@ -3,11 +3,14 @@
 # same client (krouter-load), the same upstream (krouter-demo-upstream) and the same requests,
 # in one run. See docs/benchmarks.md, "Proxy: direct vs nginx vs krouter".
 #
-# usage: bash tests/bench/proxy.sh [--quick] [--no-build] [--keep] [--baseline=DIR]
+# usage: bash tests/bench/proxy.sh [--quick] [--no-build] [--keep] [--baseline=DIR] [--pairs=N]
 #   --quick     short runs (0.5 s warm-up + 2 s each) for a smoke test; figures are rough
 #   --no-build  use the release binaries already in the target directory
 #   --keep      keep the temporary directory (logs, configs, raw results) and print its path
 #   --baseline=DIR  also run DIR/krouter (an earlier release build) in the same runs, for A/B
+#   --pairs=N   then N more rounds at 32 and 256 connections, the proxies back to back (4 s
+#               each), and the median of each round's CPU ratio: drift on a shared machine
+#               moves both sides of a round alike
 #
 # It installs nginx (Debian package nginx-light, else nginx) with apt-get when it is missing,
 # builds the release binaries, uses only 127.0.0.1 and ports it picks, and stops everything it
@@ -17,12 +20,13 @@ set -euo pipefail
 # The whole script is one block, so bash reads it all before running: editing the file during
 # a run cannot change the run.
 {
-usage() { sed -n '6,10s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '6,13s/^# \{0,1\}//p' "$0"; }
 
-quick=0 build=1 keep=0 baseline=
+quick=0 build=1 keep=0 baseline= pairs=0
 for arg in "$@"; do
     case $arg in
         --quick) quick=1 ;;
+        --pairs=*) pairs=${arg#--pairs=}; [[ $pairs =~ ^[0-9]+$ ]] || { echo "proxy.sh: --pairs needs a number" >&2; exit 64; } ;;
         --baseline=*) baseline=${arg#--baseline=} ;;
         --no-build) build=0 ;;
         --keep) keep=1 ;;
@@ -385,6 +389,17 @@ for t in "${targets[@]}"; do load "$t" c256 "${common[@]}" --connections 256 --b
 R[krouter.peak]=$(mem_kib "$kpid" VmHWM)
 [[ -z $baseline ]] || R[baseline.peak]=$(mem_kib "$bpid" VmHWM)
 R[nginx.peak]=$(mem_kib "$nworker" VmHWM)
+# Paired rounds (--pairs): every proxy back to back per round, so each round's ratio compares
+# runs seconds apart.
+paired=(nginx krouter)
+[[ -z $baseline ]] || paired+=(baseline)
+for ((i = 1; i <= pairs; i++)); do
+    for c in 32 256; do
+        for t in "${paired[@]}"; do
+            load "$t" "p$i.c$c" --warmup 0.5s --duration 4s --connections "$c" --body "$body_json"
+        done
+    done
+done
 elapsed=$(($(date +%s) - started))
 klines=$(wc -l <"$tmp/krouter.log")
 nlines=$(wc -l <"$tmp/nginx/access.log")
@@ -444,12 +459,36 @@ if [[ -n $baseline ]]; then
     echo "  peak RSS after 256 connections: $(mib "${R[krouter.peak]}") / $(mib "${R[baseline.peak]}") MiB"
 fi
 
+# ratios A B C: each paired round's CPU per request of A over B at C connections, then their
+# median.
+ratios() {
+    local i list=()
+    for ((i = 1; i <= pairs; i++)); do
+        list+=("$(awk -v a="${R[$1.p$i.c$3.cpu]}" -v b="${R[$2.p$i.c$3.cpu]}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')")
+    done
+    printf '%s ' "${list[@]}"
+    printf '%s\n' "${list[@]}" | grep -v n/a | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "median %.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+if ((pairs > 0)); then
+    echo
+    echo "paired rounds ($pairs, 0.5 s warm-up + 4 s each), CPU per request ratios per round:"
+    for c in 32 256; do
+        echo "  krouter / nginx, $c connections: $(ratios krouter nginx "$c")"
+        [[ -z $baseline ]] || echo "  krouter / baseline, $c connections: $(ratios krouter baseline "$c")"
+    done
+fi
+
 # --- Targets. ------------------------------------------------------------------------------
 verdict() { if [[ $1 == 1 ]]; then echo PASS; else echo MISS; fi; }
 echo
 echo "targets"
 for c in c32 c256; do
     ratio=$(awk -v k="${R[krouter.$c.cpu]}" -v n="${R[nginx.$c.cpu]}" 'BEGIN { if (n > 0) printf "%.2f", k / n; else print "n/a" }')
+    # With paired rounds, their median is the steadier figure.
+    if ((pairs > 0)); then
+        ratio=$(ratios krouter nginx "${c#c}" | sed -n 's/.*median \([0-9.]*\).*/\1/p')
+        ratio=$(awk -v r="$ratio" 'BEGIN { if (r == "") print "n/a"; else printf "%.2f", r }')
+    fi
     ok=$(awk -v r="$ratio" 'BEGIN { print (r != "n/a" && r <= 1.5) ? 1 : 0 }')
     printf '  %-62s %s\n' "CPU per request, krouter / nginx, ${c#c} connections: ${ratio}x (<= 1.5x)" "$(verdict "$ok")"
 done
