@@ -17,9 +17,13 @@ use crate::store::{damaged, sqlite};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/state/0001_init.sql")),
     (2, include_str!("../../migrations/state/0002_lockout.sql")),
+    (
+        3,
+        include_str!("../../migrations/state/0003_resilience_usage.sql"),
+    ),
 ];
 /// The newest state schema this build knows.
-const KNOWN: i64 = 2;
+const KNOWN: i64 = 3;
 
 /// One request's metadata: never content, never key material.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
