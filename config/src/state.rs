@@ -73,6 +73,40 @@ pub enum AuthEvent {
     },
 }
 
+/// One target's health as kept across restarts: a breaker open (or half-open, once its time
+/// passed) and a 429 rest. A row with neither is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealthRow {
+    /// The provider's name.
+    pub provider: String,
+    /// The upstream model.
+    pub model: String,
+    /// The breaker is open until then (unix milliseconds), half-open after; `None`: closed.
+    pub open_until_ms: Option<i64>,
+    /// The target rests until then (unix milliseconds) after a 429; `None`: not resting.
+    pub cool_until_ms: Option<i64>,
+}
+
+/// One request of a `no_log` group, as counted in the daily aggregates: no key id, no
+/// request id, no times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateRow {
+    /// When the request arrived, unix milliseconds (only its UTC date is kept).
+    pub at_ms: i64,
+    /// The group.
+    pub group: String,
+    /// The model asked for, `""` when none.
+    pub model: String,
+    /// The provider tried last, `""` when none.
+    pub provider: String,
+    /// Whether the status was 400 or above.
+    pub error: bool,
+    /// Input tokens (0 when unknown).
+    pub tokens_in: u64,
+    /// Output tokens (0 when unknown).
+    pub tokens_out: u64,
+}
+
 /// The lockout state read back at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockoutState {
@@ -273,6 +307,136 @@ impl StateDb {
             .execute("DELETE FROM lockouts WHERE until <= ?1", params![now_ms])
             .map_err(|e| sqlite(&self.path, "delete ended lockouts", e))?;
         Ok(failures + locks)
+    }
+
+    /// Writes target health `rows` in one transaction: a row with neither an open breaker
+    /// nor a rest deletes the target's row.
+    pub fn write_target_health(&mut self, rows: &[TargetHealthRow]) -> Result<(), Error> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite(path, "begin writing target health", e))?;
+        for row in rows {
+            if row.open_until_ms.is_none() && row.cool_until_ms.is_none() {
+                tx.execute(
+                    "DELETE FROM target_health WHERE provider = ?1 AND model = ?2",
+                    params![row.provider, row.model],
+                )
+            } else {
+                tx.execute(
+                    "INSERT INTO target_health (provider, model, open_until, cool_until)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(provider, model) DO UPDATE SET open_until = ?3, cool_until = ?4",
+                    params![
+                        row.provider,
+                        row.model,
+                        row.open_until_ms,
+                        row.cool_until_ms
+                    ],
+                )
+            }
+            .map_err(|e| sqlite(path, "write target health", e))?;
+        }
+        tx.commit()
+            .map_err(|e| sqlite(path, "commit target health", e))
+    }
+
+    /// Every target's health that still matters at `now_ms`: breakers open or half-open, and
+    /// rests not yet over.
+    pub fn target_health(&self, now_ms: i64) -> Result<Vec<TargetHealthRow>, Error> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT provider, model, open_until, cool_until FROM target_health
+                 WHERE open_until IS NOT NULL OR cool_until > ?1",
+            )
+            .map_err(|e| sqlite(path, "read target health", e))?;
+        let rows = stmt
+            .query_map(params![now_ms], |r| {
+                Ok(TargetHealthRow {
+                    provider: r.get(0)?,
+                    model: r.get(1)?,
+                    open_until_ms: r.get(2)?,
+                    cool_until_ms: r.get::<_, Option<i64>>(3)?.filter(|until| *until > now_ms),
+                })
+            })
+            .map_err(|e| sqlite(path, "read target health", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| sqlite(path, "read target health", e))
+    }
+
+    /// Adds `rows` to the daily aggregates in one transaction.
+    pub fn add_aggregates(&mut self, rows: &[AggregateRow]) -> Result<(), Error> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sqlite(path, "begin writing usage aggregates", e))?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO usage_aggregates
+                     (day, key_group, model, provider, requests, errors, tokens_in, tokens_out)
+                     VALUES (date(?1 / 1000, 'unixepoch'), ?2, ?3, ?4, 1, ?5, ?6, ?7)
+                     ON CONFLICT(day, key_group, model, provider) DO UPDATE SET
+                     requests = requests + 1, errors = errors + ?5,
+                     tokens_in = tokens_in + ?6, tokens_out = tokens_out + ?7",
+                )
+                .map_err(|e| sqlite(path, "prepare the usage aggregate update", e))?;
+            let wide = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            for row in rows {
+                stmt.execute(params![
+                    row.at_ms,
+                    row.group,
+                    row.model,
+                    row.provider,
+                    i64::from(row.error),
+                    wide(row.tokens_in),
+                    wide(row.tokens_out),
+                ])
+                .map_err(|e| sqlite(path, "add to the usage aggregates", e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| sqlite(path, "commit the usage aggregates", e))
+    }
+
+    /// Deletes daily aggregates of days before the UTC date of `before_ms`; returns how many.
+    pub fn prune_aggregates(&self, before_ms: i64) -> Result<usize, Error> {
+        self.conn
+            .execute(
+                "DELETE FROM usage_aggregates WHERE day < date(?1 / 1000, 'unixepoch')",
+                params![before_ms],
+            )
+            .map_err(|e| sqlite(&self.path, "delete old usage aggregates", e))
+    }
+
+    /// Tokens in plus out per group since `since_ms` (unix milliseconds), from request rows
+    /// and the daily aggregates of days on or after that date: what the budgets start from.
+    pub fn group_tokens_since(&self, since_ms: i64) -> Result<Vec<(String, u64)>, Error> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT g, sum(t) FROM (
+                   SELECT key_group AS g, coalesce(tokens_in, 0) + coalesce(tokens_out, 0) AS t
+                   FROM requests WHERE at >= ?1 AND key_group IS NOT NULL
+                   UNION ALL
+                   SELECT key_group, tokens_in + tokens_out FROM usage_aggregates
+                   WHERE day >= date(?1 / 1000, 'unixepoch')
+                 ) GROUP BY g",
+            )
+            .map_err(|e| sqlite(path, "read token usage", e))?;
+        let rows = stmt
+            .query_map(params![since_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| sqlite(path, "read token usage", e))?;
+        rows.map(|row| row.map(|(g, t)| (g, u64::try_from(t).unwrap_or(0))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| sqlite(path, "read token usage", e))
     }
 
     /// The newest `limit` request rows, newest first (for reports and tests).

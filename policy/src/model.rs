@@ -613,6 +613,16 @@ impl Resilience {
 // === impl Breaker ===
 
 impl Breaker {
+    /// A breaker with these settings (a signed policy is the only source in the proxy; this
+    /// is for tests and tools). Values are clamped to at least 1.
+    pub fn new(failure_threshold: u32, open: Duration, half_open_probes: u32) -> Self {
+        Self {
+            failure_threshold: failure_threshold.max(1),
+            open,
+            half_open_probes: half_open_probes.max(1),
+        }
+    }
+
     /// Consecutive failures that open the breaker (default 5).
     pub fn failure_threshold(&self) -> u32 {
         self.failure_threshold

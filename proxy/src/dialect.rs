@@ -9,7 +9,7 @@ pub mod anthropic;
 pub mod openai;
 pub mod usage;
 
-pub use usage::{Usage, UsageScanner};
+pub use usage::{Progress, Usage, UsageScanner};
 
 /// A client API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +71,22 @@ impl Dialect {
             Self::OpenAi => openai::error_body(kind, message),
             Self::Anthropic => anthropic::error_body(kind, message),
         }
+    }
+
+    /// The server-sent event that ends a stream which failed after content reached the
+    /// client: what each dialect's SDKs raise as an error (OpenAI: a `data:` line holding an
+    /// `error` object; Anthropic: an `error` event).
+    pub fn error_event(self, kind: ErrorKind, message: &str) -> Bytes {
+        let body = self.error_body(kind, message);
+        let prefix: &[u8] = match self {
+            Self::OpenAi => b"data: ",
+            Self::Anthropic => b"event: error\ndata: ",
+        };
+        let mut event = Vec::with_capacity(prefix.len() + body.len() + 2);
+        event.extend_from_slice(prefix);
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
     }
 
     /// The name used in logs and messages.

@@ -187,6 +187,12 @@ pub enum Reject {
     /// Every target failed before an answer could be sent.
     #[error("upstream failed: {0}")]
     Upstream(UpstreamFailure),
+    /// Every target of the route is unavailable: breakers open, or resting after a 429.
+    #[error("every target is unavailable (circuit breakers open or resting)")]
+    Unavailable {
+        /// Whole seconds until a target may be tried again.
+        retry_after_secs: u64,
+    },
     /// krouter could not do its own part.
     #[error("internal error: {what}")]
     Internal {
@@ -212,9 +218,12 @@ pub enum UpstreamFailure {
     /// The upstream answered with a server error.
     #[error("upstream answered {0}")]
     ServerError(u16),
-    /// The upstream is rate limiting.
+    /// The upstream is rate limiting; its `Retry-After`, when it gave one it could be read.
     #[error("upstream is rate limiting")]
-    RateLimited,
+    RateLimited {
+        /// How long the upstream asked to wait.
+        retry_after: Option<std::time::Duration>,
+    },
     /// The upstream answered with a redirect, which krouter never follows.
     #[error("upstream answered with a redirect")]
     Redirect,
@@ -229,9 +238,18 @@ pub enum UpstreamFailure {
     /// it may echo part of the credential, and the client's own key was fine.
     #[error("upstream refused the provider credential")]
     CredentialRefused,
-    /// The connection broke after the request may have reached the upstream.
-    #[error("the upstream connection broke")]
+    /// The connection broke (reset or closed) before a response head arrived.
+    #[error("the upstream connection broke before answering")]
     Broken,
+    /// A stream answered 200 but ended before any content.
+    #[error("the upstream stream ended before any content")]
+    EmptyStream,
+    /// A stream's first event, before any content, was an error.
+    #[error("the upstream stream began with an error event")]
+    StreamError,
+    /// A stream sent no content within `[resilience] stream_first_content_timeout_ms`.
+    #[error("the upstream stream sent no content in time")]
+    NoContentInTime,
 }
 
 /// Who caused a rejection: decides the log level and whether it counts against the client.
@@ -273,7 +291,7 @@ impl Reject {
             | Self::WrongDialect => Origin::Client,
             Self::Upstream(UpstreamFailure::Credential | UpstreamFailure::CredentialRefused)
             | Self::Internal { .. } => Origin::Internal,
-            Self::Upstream(_) => Origin::Upstream,
+            Self::Upstream(_) | Self::Unavailable { .. } => Origin::Upstream,
         }
     }
 }
@@ -281,22 +299,57 @@ impl Reject {
 // === impl UpstreamFailure ===
 
 impl UpstreamFailure {
-    /// Whether the next target may be tried: on a failure to connect or to answer in time,
-    /// a 5xx or a 429 (and a target krouter cannot authenticate to). A redirect, an
-    /// oversized client-error body, or a connection that broke after the request may have
-    /// been taken, is final. All of these happen
-    /// before the client has seen a byte; once it has, there is no failure value left to
-    /// ask (the relay can only end the stream).
+    /// Whether the next target may be tried: on a failure to connect, a connection broken
+    /// before the answer, no answer in time, a 5xx or a 429, a stream with no content (empty,
+    /// an error first, or none in time), and a target krouter cannot authenticate to. A
+    /// redirect or an oversized client-error body is final. All of these happen before the
+    /// client has seen a byte; once it has, there is no failure value left to ask (the
+    /// relay can only end the stream).
     pub fn falls_back(self) -> bool {
         match self {
             Self::Connect
             | Self::AddressRefused
             | Self::Timeout
             | Self::ServerError(_)
-            | Self::RateLimited
+            | Self::RateLimited { .. }
             | Self::Credential
-            | Self::CredentialRefused => true,
-            Self::Redirect | Self::OversizedError | Self::Broken => false,
+            | Self::CredentialRefused
+            | Self::Broken
+            | Self::EmptyStream
+            | Self::StreamError
+            | Self::NoContentInTime => true,
+            Self::Redirect | Self::OversizedError => false,
+        }
+    }
+
+    /// Whether the same target is tried again (within `[resilience] retries` and
+    /// `retry_budget_ms`): only when the request got no response at all, refused or reset
+    /// before a head (the SSRF guard's refusal is not retried: it would refuse again).
+    pub fn retries(self) -> bool {
+        matches!(self, Self::Connect | Self::Broken)
+    }
+
+    /// What the attempt says about the target's health: connect errors, timeouts,
+    /// 500/502/503/504 and streams without content are breaker failures; a 429 rests the
+    /// target; a 4xx, a redirect or krouter's own credential trouble say nothing against it.
+    pub fn outcome(self, rate_limit_cooldown: std::time::Duration) -> crate::health::Outcome {
+        use crate::health::Outcome;
+        match self {
+            Self::Connect
+            | Self::Timeout
+            | Self::Broken
+            | Self::EmptyStream
+            | Self::StreamError
+            | Self::NoContentInTime
+            | Self::ServerError(500 | 502..=504) => Outcome::Failed,
+            Self::RateLimited { retry_after } => {
+                Outcome::RateLimited(retry_after.unwrap_or(rate_limit_cooldown))
+            }
+            Self::ServerError(_)
+            | Self::Redirect
+            | Self::OversizedError
+            | Self::CredentialRefused => Outcome::Answered,
+            Self::AddressRefused | Self::Credential => Outcome::Nothing,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod cors;
 pub mod ctx;
 pub mod dialect;
 mod error;
+pub mod health;
 pub mod limits;
 pub mod lockout;
 pub mod logging;
@@ -44,6 +45,7 @@ pub mod fuzzing;
 
 pub use error::{Error, Origin, Reject, UpstreamFailure};
 
+use health::Health;
 use limits::Limits;
 use lockout::Lockouts;
 use pipeline::Shared;
@@ -98,6 +100,9 @@ pub async fn run(
         )
         .map(Lockouts::restore)?;
 
+    // Breakers open (or half-open) and targets resting, as the last run left them.
+    let health = Arc::new(Health::restore(state.target_health(now)?, now));
+
     let keys = KeyTable::new(api_keys);
     let serial = policy.serial().get();
     let shared = Arc::new(Shared {
@@ -107,6 +112,7 @@ pub async fn run(
         api_key_secret,
         lockouts,
         limits: Limits::default(),
+        health,
     });
 
     let listener = TcpListener::bind(listen)
@@ -141,8 +147,8 @@ pub async fn run(
 /// How often rate-limit buckets and lockout entries that no longer matter are dropped.
 const TIDY_EVERY: Duration = Duration::from_secs(30);
 
-/// Keeps the lockout table and the rate limiters small: every [`TIDY_EVERY`], drops what
-/// no longer matters under the policy in force.
+/// Keeps the lockout table, the rate limiters and the target health table small: every
+/// [`TIDY_EVERY`], drops what no longer matters under the policy in force.
 async fn tidy(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(TIDY_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -154,5 +160,14 @@ async fn tidy(shared: Arc<Shared>) {
         shared
             .lockouts
             .prune(ctx::now_ms(), access.lockout().window());
+        let policy = snapshot.policy();
+        shared.health.retain(|provider, model| {
+            policy.routes().iter().any(|route| {
+                route
+                    .targets()
+                    .iter()
+                    .any(|t| t.provider() == provider && t.model() == model)
+            })
+        });
     }
 }

@@ -11,9 +11,12 @@
 //! 3. [`admit`]: the browser origin, the API key (checksum before lookup; revoked, expired;
 //!    failures counted toward the lockout), then the request rate.
 //! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).
-//! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect.
+//! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect,
+//!    without those whose breaker is open or that rest after a 429.
 //! 6. [`forward`]: the upstream request (header allowlist, credential, SSRF-checked
-//!    connect), falling back to the next target only before anything reached the client.
+//!    connect), retried on the same target when it got no answer at all, falling back to
+//!    the next target only before anything reached the client; a stream is held until its
+//!    first content.
 //! 7. [`relay`]: the answer streamed back as it arrives, usage read on the way.
 //! 8. [`record`]: one metadata row and one log line, when the response has ended.
 //!
@@ -21,6 +24,7 @@
 //! responses.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -31,6 +35,7 @@ use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::dialect;
 use crate::error::Reject;
+use crate::health::Health;
 use crate::limits::Limits;
 use crate::lockout::Lockouts;
 use crate::recorder::Recorder;
@@ -48,7 +53,8 @@ pub mod relay;
 pub mod route;
 
 /// What every request shares: the live snapshot, the upstream client, the state recorder,
-/// the secret that turns an API key into its digest, the lockout table and the rate limits.
+/// the secret that turns an API key into its digest, the lockout table, the rate limits and
+/// the targets' health.
 pub struct Shared {
     /// The policy and store view in force.
     pub live: Live,
@@ -62,6 +68,8 @@ pub struct Shared {
     pub lockouts: Lockouts,
     /// Request-rate limiters.
     pub limits: Limits,
+    /// Per-target circuit breakers and 429 rests.
+    pub health: Arc<Health>,
 }
 
 /// How the stages ended, short of a rejection.
@@ -134,8 +142,8 @@ async fn stages(
         return Ok(Outcome::Answered(respond::json(StatusCode::OK, list, ctx)));
     }
     let inference = inspect::body(body, endpoint, ctx).await?;
-    let targets = route::targets(&inference, ctx)?;
-    let answer = forward::first_answer(&inference, &targets, &parts, ctx, &shared.upstream).await?;
+    let targets = route::targets(&inference, ctx, &shared.health)?;
+    let answer = forward::first_answer(&inference, &targets, &parts, ctx, shared).await?;
     Ok(Outcome::Upstream(answer))
 }
 

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use krouter_config::state::{AuthEvent, RequestRow, StateDb};
+use krouter_config::state::{AggregateRow, AuthEvent, RequestRow, StateDb, TargetHealthRow};
 
 /// Rows waiting to be written, at most.
 pub const QUEUE: usize = 4096;
@@ -38,6 +38,11 @@ enum Message {
     Request(Duration, RequestRow),
     /// A failed authentication or a lock.
     Auth(AuthEvent),
+    /// A target's breaker or rest changed.
+    Health(TargetHealthRow),
+    /// A request of a `no_log` group, counted in the daily aggregates only (kept for the
+    /// given retention).
+    Aggregate(Duration, AggregateRow),
 }
 
 /// The writer thread, joined at shutdown so queued rows are written.
@@ -79,6 +84,17 @@ impl Recorder {
     /// Queues a lockout event, or drops and counts it if the queue is full.
     pub fn auth_event(&self, event: AuthEvent) {
         self.queue(Message::Auth(event));
+    }
+
+    /// Queues a target's new health, or drops and counts it if the queue is full.
+    pub fn target_health(&self, row: TargetHealthRow) {
+        self.queue(Message::Health(row));
+    }
+
+    /// Queues a `no_log` request for the daily aggregates, kept for `retention`, or drops
+    /// and counts it.
+    pub fn aggregate(&self, retention: Duration, row: AggregateRow) {
+        self.queue(Message::Aggregate(retention, row));
     }
 
     /// A recorder with no writer: everything sent is dropped and counted.
@@ -143,7 +159,10 @@ fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, st
         }
         let mut batch = Vec::new();
         let mut auth = Vec::new();
+        let mut health = Vec::new();
+        let mut aggregates = Vec::new();
         let mut next = Some(first);
+        let mut taken = 0;
         while let Some(message) = next.take() {
             match message {
                 Message::Request(kept_for, row) => {
@@ -151,19 +170,28 @@ fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, st
                     batch.push(row);
                 }
                 Message::Auth(event) => auth.push(event),
+                Message::Health(row) => health.push(row),
+                Message::Aggregate(kept_for, row) => {
+                    retention = kept_for;
+                    aggregates.push(row);
+                }
             }
-            if batch.len() + auth.len() < BATCH {
+            taken += 1;
+            if taken < BATCH {
                 next = rows.try_recv().ok();
             }
         }
         if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             let now = crate::ctx::now_ms();
             let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-            if !batch.is_empty() {
+            if !batch.is_empty() || !aggregates.is_empty() {
                 match db.prune_requests(now.saturating_sub(keep_ms)) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(rows = n, "old request metadata removed"),
                     Err(error) => tracing::warn!(%error, "could not remove old request metadata"),
+                }
+                if let Err(error) = db.prune_aggregates(now.saturating_sub(keep_ms)) {
+                    tracing::warn!(%error, "could not remove old usage aggregates");
                 }
             }
             let failures_ms = i64::try_from(AUTH_FAILURES_KEPT.as_millis()).unwrap_or(i64::MAX);
@@ -177,6 +205,18 @@ fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, st
         {
             dropped.fetch_add(auth.len() as u64, Ordering::Relaxed);
             tracing::warn!(%error, events = auth.len(), "could not write lockout events");
+        }
+        if !health.is_empty()
+            && let Err(error) = db.write_target_health(&health)
+        {
+            dropped.fetch_add(health.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%error, rows = health.len(), "could not write target health");
+        }
+        if !aggregates.is_empty()
+            && let Err(error) = db.add_aggregates(&aggregates)
+        {
+            dropped.fetch_add(aggregates.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%error, rows = aggregates.len(), "could not write usage aggregates");
         }
         if batch.is_empty() {
             continue;

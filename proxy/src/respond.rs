@@ -134,7 +134,7 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
             UpstreamFailure::ServerError(_) => {
                 (S::BAD_GATEWAY, K::Upstream, "The upstream provider failed.")
             }
-            UpstreamFailure::RateLimited => (
+            UpstreamFailure::RateLimited { .. } => (
                 S::TOO_MANY_REQUESTS,
                 K::RateLimit,
                 "The upstream provider is rate limiting; retry later.",
@@ -159,12 +159,27 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
                 K::Upstream,
                 "The connection to the upstream provider broke.",
             ),
+            UpstreamFailure::EmptyStream | UpstreamFailure::StreamError => (
+                S::BAD_GATEWAY,
+                K::Upstream,
+                "The upstream provider's stream failed before sending any content.",
+            ),
+            UpstreamFailure::NoContentInTime => (
+                S::GATEWAY_TIMEOUT,
+                K::Timeout,
+                "The upstream provider's stream sent no content in time.",
+            ),
             UpstreamFailure::Credential => (
                 S::BAD_GATEWAY,
                 K::Upstream,
                 "krouter has no usable credential for the upstream provider.",
             ),
         },
+        Reject::Unavailable { .. } => (
+            S::SERVICE_UNAVAILABLE,
+            K::Unavailable,
+            "Every upstream for this model is temporarily unavailable; retry after the time in the Retry-After header.",
+        ),
         Reject::Internal { .. } => (
             S::INTERNAL_SERVER_ERROR,
             K::Internal,
@@ -201,6 +216,7 @@ pub fn closes_connection(reject: &Reject) -> bool {
         | Reject::UnknownModel
         | Reject::WrongDialect
         | Reject::Upstream(_)
+        | Reject::Unavailable { .. }
         | Reject::Internal { .. } => false,
     }
 }
@@ -233,9 +249,12 @@ pub fn reject(reject: &Reject, ctx: &mut RequestCtx) -> Response<Body> {
 /// Whole seconds (at least 1) a client should wait, for the rejections that say so.
 fn retry_after(reject: &Reject) -> Option<u64> {
     match reject {
-        Reject::LockedOut { retry_after_secs } | Reject::RateLimited { retry_after_secs } => {
-            Some((*retry_after_secs).max(1))
-        }
+        Reject::LockedOut { retry_after_secs }
+        | Reject::RateLimited { retry_after_secs }
+        | Reject::Unavailable { retry_after_secs } => Some((*retry_after_secs).max(1)),
+        Reject::Upstream(UpstreamFailure::RateLimited {
+            retry_after: Some(wait),
+        }) => Some(wait.as_secs().max(1)),
         Reject::NoRoute
         | Reject::AddressDenied
         | Reject::OriginDenied
@@ -311,7 +330,10 @@ mod tests {
         assert_eq!(describe(&Reject::MissingKey).0, StatusCode::UNAUTHORIZED);
         assert_eq!(describe(&Reject::ModelNotAllowed).0, StatusCode::FORBIDDEN);
         assert_eq!(
-            describe(&Reject::Upstream(UpstreamFailure::RateLimited)).0,
+            describe(&Reject::Upstream(UpstreamFailure::RateLimited {
+                retry_after: None
+            }))
+            .0,
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(

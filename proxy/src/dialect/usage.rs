@@ -1,4 +1,6 @@
-//! Token usage, read from response bodies as they pass through, without holding them back.
+//! Token usage, read from response bodies as they pass through, without holding them back,
+//! and, for streams, whether content has begun ([`Progress`]): the forward stage holds a
+//! stream back from the client until it has.
 //!
 //! JSON bodies are copied (up to [`MAX_JSON`]) and parsed once at the end. Server-sent
 //! events are split into events as bytes arrive; an event is parsed only when its data
@@ -29,6 +31,46 @@ pub struct Usage {
 pub struct UsageScanner {
     mode: Mode,
     usage: Usage,
+    progress: Progress,
+}
+
+/// How far a server-sent event stream has come before its first content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// No content yet: only lifecycle events (a role-only chunk, `message_start`, pings).
+    Waiting,
+    /// A content-bearing event arrived (text, tool-call or reasoning deltas); once there,
+    /// the progress stays.
+    Content,
+    /// An error event came before any content.
+    Error,
+    /// The stream said it is done (`[DONE]`, `message_stop`, `response.completed`) before
+    /// any content.
+    Ended,
+}
+
+/// The fields of an event that tell its kind.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    error: Option<serde_json::Value>,
+    choices: Option<Vec<ProbeChoice>>,
+}
+
+#[derive(Deserialize)]
+struct ProbeChoice {
+    delta: Option<ProbeDelta>,
+}
+
+#[derive(Deserialize)]
+struct ProbeDelta {
+    content: Option<serde_json::Value>,
+    refusal: Option<serde_json::Value>,
+    tool_calls: Option<serde_json::Value>,
+    function_call: Option<serde_json::Value>,
+    reasoning_content: Option<serde_json::Value>,
+    reasoning: Option<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -91,7 +133,18 @@ impl UsageScanner {
         Self {
             mode,
             usage: Usage::default(),
+            progress: Progress::Waiting,
         }
+    }
+
+    /// Whether the body is a server-sent event stream.
+    pub fn is_sse(&self) -> bool {
+        matches!(self.mode, Mode::Sse { .. })
+    }
+
+    /// How far the stream has come (always [`Progress::Waiting`] for other bodies).
+    pub fn progress(&self) -> Progress {
+        self.progress
     }
 
     /// Looks at the next piece of the body.
@@ -122,6 +175,9 @@ impl UsageScanner {
                     }
                     let complete = std::mem::take(line);
                     if let Some(event) = sse_line(&complete, data, skipping) {
+                        if self.progress == Progress::Waiting {
+                            self.progress = classify(&event);
+                        }
                         merge(&mut self.usage, &event);
                     }
                 }
@@ -200,6 +256,52 @@ fn merge(usage: &mut Usage, json: &[u8]) {
     }
 }
 
+/// What one event's data says about a stream that has had no content yet.
+fn classify(data: &[u8]) -> Progress {
+    if data.trim_ascii() == b"[DONE]" {
+        return Progress::Ended;
+    }
+    let Ok(probe) = serde_json::from_slice::<Probe>(data) else {
+        return Progress::Waiting;
+    };
+    if probe.error.is_some_and(|e| !e.is_null()) {
+        return Progress::Error;
+    }
+    match probe.kind.as_deref() {
+        Some("error" | "response.failed") => return Progress::Error,
+        Some("message_stop" | "response.completed" | "response.incomplete") => {
+            return Progress::Ended;
+        }
+        // Anthropic `content_block_delta`; Responses `response.*.delta` (text, refusal,
+        // function-call arguments, reasoning).
+        Some(kind) if kind == "content_block_delta" || kind.ends_with(".delta") => {
+            return Progress::Content;
+        }
+        _ => {}
+    }
+    let filled = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    let content = probe.choices.iter().flatten().any(|choice| {
+        choice.delta.as_ref().is_some_and(|d| {
+            filled(&d.content)
+                || filled(&d.refusal)
+                || filled(&d.tool_calls)
+                || filled(&d.function_call)
+                || filled(&d.reasoning_content)
+                || filled(&d.reasoning)
+        })
+    });
+    if content {
+        Progress::Content
+    } else {
+        Progress::Waiting
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -254,6 +356,53 @@ mod tests {
                 output: Some(3)
             }
         );
+    }
+
+    fn progress(chunks: &[&[u8]]) -> Progress {
+        let mut scanner = UsageScanner::new(Some("text/event-stream"));
+        for chunk in chunks {
+            scanner.feed(chunk);
+        }
+        scanner.progress()
+    }
+
+    #[test]
+    fn stream_progress_tells_content_from_lifecycle_errors_and_ends() {
+        let role =
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+        assert_eq!(progress(&[role]), Progress::Waiting);
+        assert_eq!(progress(&[role, b"data: [DONE]\n\n"]), Progress::Ended);
+        let text = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        assert_eq!(
+            progress(&[role, text, b"data: [DONE]\n\n"]),
+            Progress::Content
+        );
+        let tool = b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n";
+        assert_eq!(progress(&[tool]), Progress::Content);
+        let error = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+        assert_eq!(progress(&[error]), Progress::Error);
+        // An error after content changes nothing: content has begun.
+        assert_eq!(progress(&[text, error]), Progress::Content);
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n";
+        let stop = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let delta = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+        let overloaded = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+        assert_eq!(progress(&[start, stop]), Progress::Ended);
+        assert_eq!(progress(&[start, delta]), Progress::Content);
+        assert_eq!(progress(&[start, overloaded]), Progress::Error);
+        let created = b"data: {\"type\":\"response.created\"}\n\n";
+        let out = b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n";
+        let done = b"data: {\"type\":\"response.completed\"}\n\n";
+        assert_eq!(progress(&[created, done]), Progress::Ended);
+        assert_eq!(progress(&[created, out]), Progress::Content);
+        assert_eq!(
+            progress(&[b"data: {\"type\":\"response.failed\"}\n\n"]),
+            Progress::Error
+        );
+        // Split anywhere, still the same.
+        let joined = [&role[..], &text[..]].concat();
+        let bytes: Vec<&[u8]> = joined.chunks(3).collect();
+        assert_eq!(progress(&bytes), Progress::Content);
     }
 
     #[test]

@@ -182,6 +182,7 @@ fn counts_as_failure(reject: &Reject) -> bool {
         | Reject::UnknownModel
         | Reject::WrongDialect
         | Reject::Upstream(_)
+        | Reject::Unavailable { .. }
         | Reject::Internal { .. } => false,
     }
 }

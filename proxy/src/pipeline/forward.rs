@@ -18,12 +18,13 @@ use krouter_config::store::CredentialKind;
 use krouter_policy::{Provider, ProviderKind, Target};
 use zeroize::Zeroizing;
 
+use super::Shared;
 use super::inspect::Inference;
 use crate::ctx::RequestCtx;
-use crate::dialect::anthropic;
+use crate::dialect::{Progress, UsageScanner, anthropic};
 use crate::error::{Reject, UpstreamFailure};
+use crate::health::{Availability, Outcome};
 use crate::snapshot::Snapshot;
-use crate::upstream::Upstream;
 
 /// Client request headers that go upstream; everything else stays behind.
 pub const REQUEST_HEADERS: &[&str] = &[
@@ -48,13 +49,21 @@ pub const QUERY_PARAMETERS: &[&str] = &["beta"];
 /// Largest upstream error body relayed; a larger one becomes krouter's own error.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Most stream bytes held back while waiting for the first content event; past it the
+/// stream is let through (a lifecycle preamble is never this long).
+pub const MAX_HELD: usize = 256 * 1024;
+
 /// The answer to relay.
 #[derive(Debug)]
 pub enum Answer {
     /// A success (or other non-error) answer, streamed as it arrives.
     Stream {
-        /// The upstream response, head received, body not yet read.
+        /// The upstream response, head received, body not yet read past `held`.
         response: Response<Incoming>,
+        /// Body bytes already read (a stream held until its first content), sent first.
+        held: Vec<Bytes>,
+        /// The usage scanner, which has seen `held`.
+        scanner: UsageScanner,
         /// Longest pause allowed between body chunks.
         idle: Duration,
         /// When the whole response must have ended.
@@ -71,49 +80,123 @@ pub enum Answer {
     },
 }
 
-/// Tries each target in order; the first answer wins.
+/// Tries each target in order; the first answer wins. A target whose breaker is open or
+/// that rests after a 429 is skipped; one that refused or reset the connection before
+/// answering is tried again after a backoff (within `[resilience] retries` and
+/// `retry_budget_ms`); every attempt's outcome goes to the target's health.
 pub async fn first_answer(
     inference: &Inference,
     targets: &[Target],
     client: &Parts,
     ctx: &mut RequestCtx,
-    upstream: &Upstream,
+    shared: &Shared,
 ) -> Result<Answer, Reject> {
     let snapshot = Arc::clone(&ctx.snapshot);
-    let mut last = UpstreamFailure::Connect;
+    let resilience = snapshot.policy().resilience();
+    let breaker = resilience.breaker();
+    let mut last: Option<UpstreamFailure> = None;
+    let mut retrying_since: Option<Instant> = None;
+    let mut free_at: Option<i64> = None;
     for target in targets {
         let Some(provider) = snapshot.policy().provider(target.provider()) else {
             continue;
         };
-        ctx.provider = Some(provider.name().to_owned());
-        ctx.upstream_model = Some(target.model().to_owned());
-        ctx.attempts += 1;
-        match attempt(inference, target, provider, client, &snapshot, upstream).await {
-            Ok(answer) => return Ok(answer),
-            Err(failure) => {
-                if ctx.loggable() {
-                    tracing::info!(
-                        request_id = ctx.id.as_str(),
-                        provider = provider.name(),
-                        upstream_model = target.model(),
-                        failure = %failure,
-                        "upstream attempt failed"
-                    );
-                } else {
-                    tracing::info!(
-                        request_id = ctx.id.as_str(),
-                        failure = %failure,
-                        "upstream attempt failed"
-                    );
+        let key = (provider.name(), target.model());
+        let mut retries = 0;
+        loop {
+            let now = crate::ctx::now_ms();
+            let Some(pass) = shared.health.enter(key.0, key.1, breaker, now) else {
+                if let Availability::Unavailable { until_ms } =
+                    shared.health.availability(key.0, key.1, breaker, now)
+                {
+                    free_at = Some(free_at.map_or(until_ms, |t| t.min(until_ms)));
                 }
-                if !failure.falls_back() {
-                    return Err(Reject::Upstream(failure));
+                break;
+            };
+            ctx.provider = Some(provider.name().to_owned());
+            ctx.upstream_model = Some(target.model().to_owned());
+            ctx.attempts += 1;
+            let result = attempt(inference, target, provider, client, &snapshot, shared).await;
+            let failure = match result {
+                Ok(answer) => {
+                    pass.report(key, Outcome::Answered, breaker, &shared.recorder);
+                    return Ok(answer);
                 }
-                last = failure;
+                Err(failure) => failure,
+            };
+            pass.report(
+                key,
+                failure.outcome(resilience.rate_limit_cooldown()),
+                breaker,
+                &shared.recorder,
+            );
+            log_failure(ctx, provider.name(), target.model(), failure);
+            if !failure.falls_back() {
+                return Err(Reject::Upstream(failure));
             }
+            last = Some(failure);
+            if !failure.retries() || retries >= resilience.retries() {
+                break;
+            }
+            let wait = backoff(
+                resilience.backoff_initial(),
+                resilience.backoff_max(),
+                retries,
+            );
+            let since = *retrying_since.get_or_insert_with(Instant::now);
+            if since.elapsed() + wait > resilience.retry_budget() {
+                break;
+            }
+            retries += 1;
+            tokio::time::sleep(wait).await;
         }
     }
-    Err(Reject::Upstream(last))
+    match (last, free_at) {
+        (Some(failure), _) => Err(Reject::Upstream(failure)),
+        (None, Some(until_ms)) => Err(Reject::Unavailable {
+            retry_after_secs: seconds_until(until_ms),
+        }),
+        (None, None) => Err(Reject::Upstream(UpstreamFailure::Connect)),
+    }
+}
+
+/// Whole seconds from now to `until_ms` (unix milliseconds), rounded up, at least 1.
+pub fn seconds_until(until_ms: i64) -> u64 {
+    let left = until_ms.saturating_sub(crate::ctx::now_ms()).max(0);
+    u64::try_from(left).unwrap_or(0).div_ceil(1000).max(1)
+}
+
+/// The wait before retry number `done + 1`: `initial` doubled per retry done, at most
+/// `max`, then jittered to between half and all of it, so clients that failed together do
+/// not retry together.
+fn backoff(initial: Duration, max: Duration, done: u32) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let full = initial.saturating_mul(2u32.saturating_pow(done)).min(max);
+    let half = full / 2;
+    let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+    // A fresh `RandomState` is randomly keyed: enough randomness for a jitter.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    half + Duration::from_micros(random % spread.saturating_add(1))
+}
+
+fn log_failure(ctx: &RequestCtx, provider: &str, model: &str, failure: UpstreamFailure) {
+    if ctx.loggable() {
+        tracing::info!(
+            request_id = ctx.id.as_str(),
+            provider,
+            upstream_model = model,
+            failure = %failure,
+            "upstream attempt failed"
+        );
+    } else {
+        tracing::info!(
+            request_id = ctx.id.as_str(),
+            failure = %failure,
+            "upstream attempt failed"
+        );
+    }
 }
 
 async fn attempt(
@@ -122,12 +205,13 @@ async fn attempt(
     provider: &Provider,
     client: &Parts,
     snapshot: &Snapshot,
-    upstream: &Upstream,
+    shared: &Shared,
 ) -> Result<Answer, UpstreamFailure> {
     let request = build(inference, target, provider, client, snapshot)?;
     let timeouts = provider.timeouts();
     let started = Instant::now();
-    let response = upstream
+    let response = shared
+        .upstream
         .send(request, timeouts.connect(), timeouts.first_byte())
         .await?;
     let status = response.status();
@@ -135,7 +219,9 @@ async fn attempt(
         return Err(UpstreamFailure::ServerError(status.as_u16()));
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(UpstreamFailure::RateLimited);
+        return Err(UpstreamFailure::RateLimited {
+            retry_after: retry_after(response.headers()),
+        });
     }
     if status.is_redirection() {
         return Err(UpstreamFailure::Redirect);
@@ -160,11 +246,84 @@ async fn attempt(
             body,
         });
     }
+    let deadline = started + timeouts.total();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let scanner = UsageScanner::new(content_type);
+    if !(inference.stream && status.is_success() && scanner.is_sse()) {
+        return Ok(Answer::Stream {
+            response,
+            held: Vec::new(),
+            scanner,
+            idle: timeouts.idle(),
+            deadline,
+        });
+    }
+    let wait = snapshot
+        .policy()
+        .resilience()
+        .stream_first_content_timeout();
+    let (response, held, scanner) = first_content(response, scanner, wait, deadline).await?;
     Ok(Answer::Stream {
         response,
+        held,
+        scanner,
         idle: timeouts.idle(),
-        deadline: started + timeouts.total(),
+        deadline,
     })
+}
+
+/// Reads a stream until its first content-bearing event (at most `wait`, and not past
+/// `deadline`), keeping what it read for the client. A stream that ends, errs, or sends an
+/// error event first is a failure the next target can take over. Past [`MAX_HELD`] bytes
+/// without a verdict the stream is let through as it is.
+async fn first_content(
+    response: Response<Incoming>,
+    mut scanner: UsageScanner,
+    wait: Duration,
+    deadline: Instant,
+) -> Result<(Response<Incoming>, Vec<Bytes>, UsageScanner), UpstreamFailure> {
+    let (parts, mut body) = response.into_parts();
+    let until = tokio::time::Instant::from_std((Instant::now() + wait).min(deadline));
+    let mut held = Vec::new();
+    let mut size = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => return Err(UpstreamFailure::NoContentInTime),
+            Ok(None) => return Err(UpstreamFailure::EmptyStream),
+            Ok(Some(Err(_))) => return Err(UpstreamFailure::Broken),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers before content are dropped: the stream has not begun for the client.
+        if let Ok(data) = frame.into_data() {
+            scanner.feed(&data);
+            size += data.len();
+            held.push(data);
+        }
+        match scanner.progress() {
+            Progress::Content => break,
+            Progress::Error => return Err(UpstreamFailure::StreamError),
+            Progress::Ended => return Err(UpstreamFailure::EmptyStream),
+            Progress::Waiting if size > MAX_HELD => break,
+            Progress::Waiting => {}
+        }
+    }
+    Ok((Response::from_parts(parts, body), held, scanner))
+}
+
+/// The upstream's `Retry-After`: delay seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The upstream request for `target`.

@@ -1,11 +1,12 @@
 //! Stage 8, record: one log line and one metadata row per request, when its response has
 //! ended. Metadata only: time, request id, key id, group, model, provider, upstream model,
 //! status, latency, time to first byte, tokens. Never a body, never a key. A group with
-//! `no_log = true` gets no row and a log line without key, group or model, and a policy with
-//! `[logging] request_metadata = false` keeps no rows at all. Recording never
+//! `no_log = true` gets no row and a log line without key, group or model; its requests are
+//! only counted in daily aggregates (group, model, provider: requests, errors, tokens). A
+//! policy with `[logging] request_metadata = false` keeps no rows at all. Recording never
 //! fails or delays a response: the row goes to the bounded [`Recorder`] queue.
 
-use krouter_config::state::RequestRow;
+use krouter_config::state::{AggregateRow, RequestRow};
 
 use crate::ctx::RequestCtx;
 use crate::error::{Origin, Reject};
@@ -71,6 +72,24 @@ pub fn finish(ctx: &RequestCtx, recorder: &Recorder, reject: Option<&Reject>) {
             rejected = rejected.as_deref(),
             "request (no_log group)"
         );
+        let logging = ctx.snapshot.policy().logging();
+        let group = ctx.caller.as_ref().and_then(|c| c.group.clone());
+        if let Some(group) = group
+            && logging.request_metadata()
+        {
+            recorder.aggregate(
+                logging.retention(),
+                AggregateRow {
+                    at_ms: ctx.at_ms,
+                    group,
+                    model: ctx.model.clone().unwrap_or_default(),
+                    provider: ctx.provider.clone().unwrap_or_default(),
+                    error: ctx.status >= 400,
+                    tokens_in: ctx.usage.input.unwrap_or(0),
+                    tokens_out: ctx.usage.output.unwrap_or(0),
+                },
+            );
+        }
     }
 }
 

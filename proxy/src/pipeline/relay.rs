@@ -2,9 +2,14 @@
 //! soon as it is read (no buffering, so server-sent events reach the client one by one),
 //! token usage is read from the bytes on the way, and the provider's idle and total time
 //! limits end a stalled stream. Nothing can fall back from here: once the head has been
-//! sent, a failure can only cut the stream. When the body ends, however it ends, the
-//! `on_end` hook given by the pipeline records the request.
+//! sent, a failure can only end the stream. A server-sent event stream is passed on whole
+//! events at a time (a partial event waits for its end, which an upstream sends in the same
+//! write nearly always), so that a failure can end it with the dialect's error event, which
+//! the SDKs raise, rather than a cut the client might take for the end. Other bodies are cut.
+//! When the body ends, however it ends, the `on_end` hook given by the pipeline records the
+//! request.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
@@ -20,15 +25,24 @@ use tokio::time::Sleep;
 use super::forward::{Answer, response_headers};
 use crate::body::{Body, BodyError};
 use crate::ctx::RequestCtx;
-use crate::dialect::UsageScanner;
+use crate::dialect::{ErrorKind, UsageScanner};
 use crate::respond;
 
 /// What runs when the response has ended.
 pub type OnEnd = Box<dyn FnOnce(&RequestCtx) + Send + Sync>;
 
+/// A partial server-sent event is passed on anyway past this size (an upstream that ends
+/// lines with CR alone, or one huge event).
+const MAX_PARTIAL: usize = 64 * 1024;
+
 /// A relayed upstream body.
 pub struct RelayBody {
     inner: Incoming,
+    /// Bytes read before the head went out (a stream held until its first content).
+    held: VecDeque<Bytes>,
+    /// For a server-sent event stream: the end of the last event read, waiting for its
+    /// blank line.
+    partial: Option<Vec<u8>>,
     scanner: UsageScanner,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
@@ -62,18 +76,18 @@ pub fn response(answer: Answer, mut ctx: RequestCtx, on_end: OnEnd) -> Response<
         }
         Answer::Stream {
             response,
+            held,
+            scanner,
             idle,
             deadline,
         } => {
             let (parts, inner) = response.into_parts();
             ctx.status = parts.status.as_u16();
             let headers = response_headers(&parts.headers);
-            let content_type = headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            let scanner = UsageScanner::new(content_type);
             let body = RelayBody {
                 inner,
+                held: held.into(),
+                partial: scanner.is_sse().then(Vec::new),
                 scanner,
                 idle,
                 idle_timer: Box::pin(tokio::time::sleep(idle)),
@@ -102,9 +116,52 @@ impl RelayBody {
         }
     }
 
+    /// Ends the body early: a server-sent event stream with the dialect's error event (the
+    /// partial event before it is dropped), anything else with an error that cuts it.
     fn cut(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.end(Some(why));
+        if self.partial.take().is_some() {
+            let event = self.ctx.dialect.error_event(
+                ErrorKind::Upstream,
+                "The upstream provider's stream failed part-way; the answer is incomplete.",
+            );
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
         Poll::Ready(Some(Err(Box::new(Cut(why)))))
+    }
+
+    /// The part of `data` that ends on an event boundary, for a server-sent event stream;
+    /// the rest waits in `partial`. Other bodies pass whole.
+    fn whole_events(&mut self, data: Bytes) -> Option<Bytes> {
+        let Some(partial) = &mut self.partial else {
+            return Some(data);
+        };
+        if partial.is_empty() {
+            let end = events_end(&data);
+            if end == data.len() {
+                return Some(data);
+            }
+            partial.extend_from_slice(data.get(end..).unwrap_or_default());
+            return (end > 0).then(|| data.slice(..end));
+        }
+        partial.extend_from_slice(&data);
+        let end = if partial.len() > MAX_PARTIAL {
+            partial.len()
+        } else {
+            events_end(partial)
+        };
+        if end == 0 {
+            return None;
+        }
+        let rest = partial.split_off(end);
+        Some(Bytes::from(std::mem::replace(partial, rest)))
+    }
+
+    /// Notes a frame going to the client.
+    fn sent(&mut self, data: &Bytes) {
+        if self.ctx.first_byte.is_none() && !data.is_empty() {
+            self.ctx.first_byte = Some(self.ctx.started.elapsed());
+        }
     }
 
     /// Whether the body has ended.
@@ -126,39 +183,80 @@ impl RelayBody {
         if this.on_end.is_none() {
             return Poll::Ready(None);
         }
+        // What was read before the head went out (the scanner has seen it).
+        while let Some(data) = this.held.pop_front() {
+            if let Some(out) = this.whole_events(data) {
+                this.sent(&out);
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
         // Checked first, so an upstream that never pauses still ends at its time limit.
         if this.deadline.as_mut().poll(cx).is_ready() {
             return this.cut("the provider's total time limit passed");
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if this.ctx.first_byte.is_none() && !data.is_empty() {
-                        this.ctx.first_byte = Some(this.ctx.started.elapsed());
-                    }
-                    this.scanner.feed(data);
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // The idle timer is moved only when it fires (below), not per frame.
+                    this.last_frame = tokio::time::Instant::now();
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            this.scanner.feed(&data);
+                            match this.whole_events(data) {
+                                Some(out) => {
+                                    this.sent(&out);
+                                    Frame::data(out)
+                                }
+                                // Only part of an event: read on.
+                                None => continue,
+                            }
+                        }
+                        Err(trailers) => trailers,
+                    };
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                // The idle timer is moved only when it fires (below), not per frame.
-                this.last_frame = tokio::time::Instant::now();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(_))) => this.cut("the upstream stream broke"),
-            Poll::Ready(None) => {
-                this.end(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                while this.idle_timer.as_mut().poll(cx).is_ready() {
-                    let quiet_until = this.last_frame + this.idle;
-                    if tokio::time::Instant::now() >= quiet_until {
-                        return this.cut("the upstream stream went idle");
+                Poll::Ready(Some(Err(_))) => return this.cut("the upstream stream broke"),
+                Poll::Ready(None) => {
+                    // A last partial event goes out as it is: the upstream ended it so.
+                    let rest = this
+                        .partial
+                        .as_mut()
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    if !rest.is_empty() {
+                        let out = Bytes::from(rest);
+                        this.sent(&out);
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
-                    this.idle_timer.as_mut().reset(quiet_until);
+                    this.end(None);
+                    return Poll::Ready(None);
                 }
-                Poll::Pending
+                Poll::Pending => break,
             }
         }
+        while this.idle_timer.as_mut().poll(cx).is_ready() {
+            let quiet_until = this.last_frame + this.idle;
+            if tokio::time::Instant::now() >= quiet_until {
+                return this.cut("the upstream stream went idle");
+            }
+            this.idle_timer.as_mut().reset(quiet_until);
+        }
+        Poll::Pending
     }
+}
+
+/// Where the last complete server-sent event in `bytes` ends (just after its blank line), or
+/// 0. Lines end with LF, CRLF or CR.
+fn events_end(bytes: &[u8]) -> usize {
+    let mut at = bytes.len();
+    while at >= 2 {
+        let before = bytes.get(..at).unwrap_or_default();
+        if before.ends_with(b"\n\n") || before.ends_with(b"\r\r") || before.ends_with(b"\r\n\r\n") {
+            return at;
+        }
+        at -= 1;
+    }
+    0
 }
 
 impl Drop for RelayBody {
@@ -178,5 +276,21 @@ impl fmt::Debug for RelayBody {
         f.debug_struct("RelayBody")
             .field("request_id", &self.ctx.id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_end_after_the_last_blank_line() {
+        assert_eq!(events_end(b"data: a\n\n"), 9);
+        assert_eq!(events_end(b"data: a\n\ndata: b"), 9);
+        assert_eq!(events_end(b"data: a\r\n\r\ndata: b\r\n"), 11);
+        assert_eq!(events_end(b"data: a\r\rdata"), 9);
+        assert_eq!(events_end(b"data: a\n"), 0);
+        assert_eq!(events_end(b""), 0);
+        assert_eq!(events_end(b"\n"), 0);
     }
 }

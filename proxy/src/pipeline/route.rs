@@ -1,18 +1,25 @@
 //! Stage 5, route: may the caller's group use the model, and which targets serve it in the
 //! caller's dialect. The group is checked first, so a caller cannot learn which models exist
 //! beyond the ones it may use. A key whose group the policy in force no longer has may use
-//! nothing. Skipping targets whose breaker is open joins this stage later.
+//! nothing. Targets whose breaker is open, or that rest after a 429, are skipped; when that
+//! leaves none, the answer is 503 with `Retry-After` (the soonest a target frees up).
 
 use bytes::Bytes;
 use krouter_policy::{Policy, ProviderKind, Target};
 
+use super::forward::seconds_until;
 use super::inspect::Inference;
 use crate::ctx::RequestCtx;
 use crate::dialect::{self, Dialect};
 use crate::error::Reject;
+use crate::health::{Availability, Health};
 
 /// The targets to try, in order.
-pub fn targets(inference: &Inference, ctx: &mut RequestCtx) -> Result<Vec<Target>, Reject> {
+pub fn targets(
+    inference: &Inference,
+    ctx: &mut RequestCtx,
+    health: &Health,
+) -> Result<Vec<Target>, Reject> {
     let policy = ctx.snapshot.policy();
     if !may_use(policy, ctx, &inference.model) {
         return Err(Reject::ModelNotAllowed);
@@ -31,7 +38,30 @@ pub fn targets(inference: &Inference, ctx: &mut RequestCtx) -> Result<Vec<Target
     if targets.is_empty() {
         return Err(Reject::WrongDialect);
     }
-    Ok(targets)
+    if health.tracked() == 0 {
+        return Ok(targets);
+    }
+    let breaker = policy.resilience().breaker();
+    let now = crate::ctx::now_ms();
+    let mut free_at: Option<i64> = None;
+    let available: Vec<Target> = targets
+        .into_iter()
+        .filter(
+            |t| match health.availability(t.provider(), t.model(), breaker, now) {
+                Availability::Ready => true,
+                Availability::Unavailable { until_ms } => {
+                    free_at = Some(free_at.map_or(until_ms, |at| at.min(until_ms)));
+                    false
+                }
+            },
+        )
+        .collect();
+    if available.is_empty() {
+        return Err(Reject::Unavailable {
+            retry_after_secs: seconds_until(free_at.unwrap_or(now)),
+        });
+    }
+    Ok(available)
 }
 
 /// The `GET /v1/models` body: the routes the caller may use, in the caller's dialect.

@@ -913,10 +913,11 @@ fn a_stream_is_relayed_as_it_is_produced_and_its_usage_is_logged() {
                 "openai-compatible",
                 &base,
                 None,
-                "connect_timeout_ms = 100\nfirst_byte_timeout_ms = 100\ntotal_timeout_ms = 300\n",
+                "connect_timeout_ms = 100\nfirst_byte_timeout_ms = 100\ntotal_timeout_ms = 700\n",
             ),
+            // The stream is held until its first content (the second event), then relayed.
             route("chat", &["mock:stream-gap-300"]),
-            route("idle", &["idle:stream-gap-600"]),
+            route("idle", &["idle:stream-gap-300"]),
             route("total", &["total:stream-gap-200"]),
         ]
         .concat(),
@@ -939,8 +940,8 @@ fn a_stream_is_relayed_as_it_is_produced_and_its_usage_is_logged() {
     assert!(line.contains("\"stream\":true"), "{line}");
     assert!(!line.contains("cut_short\":\""), "{line}");
 
-    // A stream that stalls, or outlives the provider's total limit, is cut (the head has
-    // gone, so nothing can fall back): the client sees the stream end early.
+    // A stream that stalls, or outlives the provider's total limit, after its content began
+    // is ended (the head has gone, so nothing can fall back) with the dialect's error event.
     let mut replies = vec![reply];
     for (model, cut) in [
         ("idle", "the upstream stream went idle"),
@@ -951,6 +952,11 @@ fn a_stream_is_relayed_as_it_is_produced_and_its_usage_is_logged() {
         let took = started.elapsed();
         assert_eq!(reply.status, 200, "{model}: {reply:?}");
         assert!(!reply.body.contains("[DONE]"), "{model}: {}", reply.body);
+        assert!(
+            reply.body.ends_with("\"code\":\"upstream_error\",\"message\":\"The upstream provider's stream failed part-way; the answer is incomplete.\",\"param\":null,\"type\":\"api_error\"}}\n\n"),
+            "{model}: {}",
+            reply.body
+        );
         assert!(took < Duration::from_millis(1500), "{model}: took {took:?}");
         let line = request_line(&krouter, &request_id(&reply));
         assert!(line.contains(&format!("\"cut_short\":\"{cut}\"")), "{line}");
@@ -992,9 +998,11 @@ fn targets_fall_back_only_before_the_first_byte_and_upstream_errors_are_containe
     let rows = [
         Fallback("via-500", &["a:fail-500", "b:ok-model"], 200, ok, detail, (1, 1), 2),
         Fallback("via-429", &["a:fail-429", "b:ok-model"], 200, ok, &[], (1, 1), 2),
-        Fallback("via-closed-port", &["closed:any", "b:ok-model"], 200, ok, &[], (0, 1), 2),
-        // The upstream read the request, then closed: it may have taken it, so no fallback.
-        Fallback("after-drop", &["a:drop", "b:ok-model"], 502, "connection to the upstream provider broke", &[], (1, 0), 1),
+        // Refused or reset before an answer: tried once more ([resilience] retries = 1 by
+        // default), then the next target.
+        Fallback("via-closed-port", &["closed:any", "b:ok-model"], 200, ok, &[], (0, 1), 3),
+        Fallback("after-drop", &["a:drop", "b:ok-model"], 200, ok, &[], (2, 1), 3),
+        Fallback("only-drop", &["a:drop"], 502, "connection to the upstream provider broke", &[], (2, 0), 2),
         Fallback("via-hang", &["h:hang", "b:ok-model"], 200, ok, &[], (1, 1), 2),
         Fallback("client-error", &["a:fail-400", "b:ok-model"], 400, "fail-400 rejects", &[], (1, 0), 1),
         Fallback("redirected", &["a:redirect", "b:ok-model"], 502, "redirect", &["127.0.0.1:9", "elsewhere"], (1, 0), 1),
