@@ -187,6 +187,14 @@ pub enum Reject {
     /// Every target failed before an answer could be sent.
     #[error("upstream failed: {0}")]
     Upstream(UpstreamFailure),
+    /// The caller's group has used up a token budget.
+    #[error("the group's token budget is used up")]
+    BudgetExhausted {
+        /// Which budget.
+        period: crate::budget::Period,
+        /// Whole seconds until it refills.
+        retry_after_secs: u64,
+    },
     /// Every target of the route is unavailable: breakers open, or resting after a 429.
     #[error("every target is unavailable (circuit breakers open or resting)")]
     Unavailable {
@@ -288,7 +296,8 @@ impl Reject {
             | Self::BodyTooSlow
             | Self::BadBody { .. }
             | Self::UnknownModel
-            | Self::WrongDialect => Origin::Client,
+            | Self::WrongDialect
+            | Self::BudgetExhausted { .. } => Origin::Client,
             Self::Upstream(UpstreamFailure::Credential | UpstreamFailure::CredentialRefused)
             | Self::Internal { .. } => Origin::Internal,
             Self::Upstream(_) | Self::Unavailable { .. } => Origin::Upstream,

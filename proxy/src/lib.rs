@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 pub mod address;
 pub mod body;
+pub mod budget;
 pub mod check;
 pub mod cors;
 pub mod ctx;
@@ -45,6 +46,7 @@ pub mod fuzzing;
 
 pub use error::{Error, Origin, Reject, UpstreamFailure};
 
+use budget::{Budgets, Calendar};
 use health::Health;
 use limits::Limits;
 use lockout::Lockouts;
@@ -102,6 +104,13 @@ pub async fn run(
 
     // Breakers open (or half-open) and targets resting, as the last run left them.
     let health = Arc::new(Health::restore(state.target_health(now)?, now));
+    // Tokens each group has spent today and this month (UTC).
+    let when = Calendar::at(now);
+    let budgets = Budgets::restore(
+        state.group_tokens_since(when.day_start_ms)?,
+        state.group_tokens_since(when.month_start_ms)?,
+        now,
+    );
 
     let keys = KeyTable::new(api_keys);
     let serial = policy.serial().get();
@@ -113,6 +122,7 @@ pub async fn run(
         lockouts,
         limits: Limits::default(),
         health,
+        budgets,
     });
 
     let listener = TcpListener::bind(listen)
@@ -147,7 +157,8 @@ pub async fn run(
 /// How often rate-limit buckets and lockout entries that no longer matter are dropped.
 const TIDY_EVERY: Duration = Duration::from_secs(30);
 
-/// Keeps the lockout table, the rate limiters and the target health table small: every
+/// Keeps the lockout table, the rate limiters, the budget counters and the target health
+/// table small: every
 /// [`TIDY_EVERY`], drops what no longer matters under the policy in force.
 async fn tidy(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(TIDY_EVERY);
@@ -157,6 +168,7 @@ async fn tidy(shared: Arc<Shared>) {
         let snapshot = shared.live.load();
         let access = snapshot.policy().access();
         shared.limits.tidy(access.groups().iter().map(|g| g.name()));
+        shared.budgets.retain(|group| access.group(group).is_some());
         shared
             .lockouts
             .prune(ctx::now_ms(), access.lockout().window());

@@ -9,7 +9,7 @@
 //! 2. [`classify`]: health and readiness, a client endpoint and its dialect, or 405 or 404.
 //!    A CORS preflight is answered just before ([`crate::cors`]).
 //! 3. [`admit`]: the browser origin, the API key (checksum before lookup; revoked, expired;
-//!    failures counted toward the lockout), then the request rate.
+//!    failures counted toward the lockout), then the request rate and the token budgets.
 //! 4. [`inspect`]: the body, bounded; only what routing needs (model, stream).
 //! 5. [`route`]: the caller's group may use the model; the model's targets in this dialect,
 //!    without those whose breaker is open or that rest after a 429.
@@ -18,7 +18,8 @@
 //!    the next target only before anything reached the client; a stream is held until its
 //!    first content.
 //! 7. [`relay`]: the answer streamed back as it arrives, usage read on the way.
-//! 8. [`record`]: one metadata row and one log line, when the response has ended.
+//! 8. [`record`]: one metadata row and one log line, and the tokens charged to the group's
+//!    budgets, when the response has ended.
 //!
 //! Rejections from any stage go to [`crate::respond`], the one place that makes them
 //! responses.
@@ -32,6 +33,7 @@ use krouter_config::secret::ApiKeySecret;
 use serde_json::json;
 
 use crate::body::Body;
+use crate::budget::Budgets;
 use crate::ctx::RequestCtx;
 use crate::dialect;
 use crate::error::Reject;
@@ -70,6 +72,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Per-target circuit breakers and 429 rests.
     pub health: Arc<Health>,
+    /// The groups' token budgets.
+    pub budgets: Budgets,
 }
 
 /// How the stages ended, short of a rejection.
@@ -83,7 +87,11 @@ enum Outcome {
 }
 
 /// Serves one request.
-pub async fn handle(request: Request<Incoming>, peer: IpAddr, shared: &Shared) -> Response<Body> {
+pub async fn handle(
+    request: Request<Incoming>,
+    peer: IpAddr,
+    shared: &Arc<Shared>,
+) -> Response<Body> {
     let dialect = dialect::guess(request.uri().path(), request.headers());
     let snapshot = shared.live.load();
     let trusted = snapshot.policy().access().trusted_proxies();
@@ -92,20 +100,20 @@ pub async fn handle(request: Request<Incoming>, peer: IpAddr, shared: &Shared) -
     match stages(request, &mut ctx, shared).await {
         Ok(Outcome::Health(response)) => response,
         Ok(Outcome::Answered(response)) => {
-            record::finish(&ctx, &shared.recorder, None);
+            record::finish(&ctx, shared, None);
             response
         }
         Ok(Outcome::Upstream(answer)) => {
-            let recorder = shared.recorder.clone();
+            let shared = Arc::clone(shared);
             relay::response(
                 answer,
                 ctx,
-                Box::new(move |ctx: &RequestCtx| record::finish(ctx, &recorder, None)),
+                Box::new(move |ctx: &RequestCtx| record::finish(ctx, &shared, None)),
             )
         }
         Err(reject) => {
             let response = respond::reject(&reject, &mut ctx);
-            record::finish(&ctx, &shared.recorder, Some(&reject));
+            record::finish(&ctx, shared, Some(&reject));
             response
         }
     }

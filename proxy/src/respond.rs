@@ -13,6 +13,7 @@ use http::header::{
 use http::{Response, StatusCode};
 
 use crate::body::Body;
+use crate::budget::Period;
 use crate::ctx::RequestCtx;
 use crate::dialect::{Dialect, ErrorKind};
 use crate::error::{Reject, UpstreamFailure};
@@ -175,6 +176,22 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
                 "krouter has no usable credential for the upstream provider.",
             ),
         },
+        Reject::BudgetExhausted {
+            period: Period::Day,
+            ..
+        } => (
+            S::TOO_MANY_REQUESTS,
+            K::RateLimit,
+            "The daily token budget of this API key's group is used up; it refills at 00:00 UTC.",
+        ),
+        Reject::BudgetExhausted {
+            period: Period::Month,
+            ..
+        } => (
+            S::TOO_MANY_REQUESTS,
+            K::RateLimit,
+            "The monthly token budget of this API key's group is used up; it refills on the 1st at 00:00 UTC.",
+        ),
         Reject::Unavailable { .. } => (
             S::SERVICE_UNAVAILABLE,
             K::Unavailable,
@@ -217,6 +234,7 @@ pub fn closes_connection(reject: &Reject) -> bool {
         | Reject::WrongDialect
         | Reject::Upstream(_)
         | Reject::Unavailable { .. }
+        | Reject::BudgetExhausted { .. }
         | Reject::Internal { .. } => false,
     }
 }
@@ -251,7 +269,10 @@ fn retry_after(reject: &Reject) -> Option<u64> {
     match reject {
         Reject::LockedOut { retry_after_secs }
         | Reject::RateLimited { retry_after_secs }
-        | Reject::Unavailable { retry_after_secs } => Some((*retry_after_secs).max(1)),
+        | Reject::Unavailable { retry_after_secs }
+        | Reject::BudgetExhausted {
+            retry_after_secs, ..
+        } => Some((*retry_after_secs).max(1)),
         Reject::Upstream(UpstreamFailure::RateLimited {
             retry_after: Some(wait),
         }) => Some(wait.as_secs().max(1)),

@@ -17,6 +17,7 @@ mod e2e {
     mod proxy_check;
     mod proxy_live;
     mod proxy_serve;
+    mod resilience;
     mod sandbox;
     mod sdk;
     mod store_cli;

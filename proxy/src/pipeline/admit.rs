@@ -59,7 +59,19 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<()
             }
             .map_err(|wait| Reject::RateLimited {
                 retry_after_secs: seconds(wait),
-            })
+            })?;
+            let group = caller
+                .and_then(|c| c.group.as_deref())
+                .and_then(|g| access.group(g));
+            match group.map(|g| shared.budgets.check(g, ctx.at_ms)) {
+                Some(Err(exhausted)) => Err(Reject::BudgetExhausted {
+                    period: exhausted.period,
+                    retry_after_secs: crate::pipeline::forward::seconds_until(
+                        exhausted.refills_at_ms,
+                    ),
+                }),
+                Some(Ok(())) | None => Ok(()),
+            }
         }
         Err(reject) if counts_as_failure(&reject) => {
             let key_id = ctx.caller.as_ref().and_then(|c| c.key_id.as_deref());
@@ -183,6 +195,7 @@ fn counts_as_failure(reject: &Reject) -> bool {
         | Reject::WrongDialect
         | Reject::Upstream(_)
         | Reject::Unavailable { .. }
+        | Reject::BudgetExhausted { .. }
         | Reject::Internal { .. } => false,
     }
 }

@@ -8,12 +8,21 @@
 
 use krouter_config::state::{AggregateRow, RequestRow};
 
+use super::Shared;
 use crate::ctx::RequestCtx;
 use crate::error::{Origin, Reject};
-use crate::recorder::Recorder;
 
-/// Logs and records the request.
-pub fn finish(ctx: &RequestCtx, recorder: &Recorder, reject: Option<&Reject>) {
+/// Logs and records the request, and charges its tokens to its group's budgets.
+pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
+    let recorder = &shared.recorder;
+    if let Some(group) = ctx.caller.as_ref().and_then(|c| c.group.as_deref()) {
+        let tokens = ctx
+            .usage
+            .input
+            .unwrap_or(0)
+            .saturating_add(ctx.usage.output.unwrap_or(0));
+        shared.budgets.charge(group, tokens, crate::ctx::now_ms());
+    }
     let latency_ms = millis(ctx.started.elapsed());
     let ttfb_ms = ctx.first_byte.map(millis);
     let origin = reject.map(Reject::origin);

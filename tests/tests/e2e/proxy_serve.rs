@@ -22,12 +22,12 @@ use krouter_tests::tls::TestCa;
 use krouter_tests::upstream::MockUpstream;
 
 /// The marker the mock puts in its 500 bodies; it must never reach a client.
-const INTERNAL_DETAIL: &str = "UPSTREAM-INTERNAL-DETAIL";
+pub(super) const INTERNAL_DETAIL: &str = "UPSTREAM-INTERNAL-DETAIL";
 
 // === policy text ===
 
 /// One `[[providers]]` table; `extra` is more `key = value` lines (timeouts).
-fn provider(
+pub(super) fn provider(
     name: &str,
     kind: &str,
     base_url: &str,
@@ -41,7 +41,7 @@ fn provider(
 }
 
 /// One `[[routes]]` table.
-fn route(model: &str, targets: &[&str]) -> String {
+pub(super) fn route(model: &str, targets: &[&str]) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     format!(
         "[[routes]]\nmodel = \"{model}\"\ntargets = [{}]\n\n",
@@ -75,29 +75,29 @@ fn create_key_in(home: &TempHome, label: &str, group: &str) -> (String, String) 
 
 // === request bodies ===
 
-fn chat(model: &str) -> String {
+pub(super) fn chat(model: &str) -> String {
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
 }
 
-fn chat_stream(model: &str) -> String {
+pub(super) fn chat_stream(model: &str) -> String {
     format!(
         r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true,"stream_options":{{"include_usage":true}}}}"#
     )
 }
 
-fn message(model: &str, stream: bool) -> String {
+pub(super) fn message(model: &str, stream: bool) -> String {
     format!(
         r#"{{"model":"{model}","max_tokens":64,"messages":[{{"role":"user","content":"hi"}}],"stream":{stream}}}"#
     )
 }
 
 /// `POST /v1/chat/completions` with a bearer key, as an OpenAI SDK sends it.
-fn complete(krouter: &Krouter, key: &str, body: &str) -> Reply {
+pub(super) fn complete(krouter: &Krouter, key: &str, body: &str) -> Reply {
     post(&krouter.url("/v1/chat/completions"), Some(key), body)
 }
 
 /// `POST url` as an Anthropic SDK sends it: `x-api-key` and `anthropic-version`.
-fn post_anthropic(url: &str, key: &str, body: &str) -> Reply {
+pub(super) fn post_anthropic(url: &str, key: &str, body: &str) -> Reply {
     send(
         "POST",
         url,
@@ -112,7 +112,7 @@ fn post_anthropic(url: &str, key: &str, body: &str) -> Reply {
 
 // === replies and the log ===
 
-fn request_id(reply: &Reply) -> String {
+pub(super) fn request_id(reply: &Reply) -> String {
     let id = reply
         .header("x-request-id")
         .unwrap_or_else(|| panic!("no x-request-id: {reply:?}"));
@@ -122,7 +122,7 @@ fn request_id(reply: &Reply) -> String {
 
 /// The `"request"` log line of request `id`; it is written when the response has ended,
 /// which can be a moment after the client read the last byte.
-fn request_line(krouter: &Krouter, id: &str) -> String {
+pub(super) fn request_line(krouter: &Krouter, id: &str) -> String {
     let needle = format!("\"request_id\":\"{id}\"");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -143,7 +143,7 @@ fn request_line(krouter: &Krouter, id: &str) -> String {
 
 /// Asserts the error object of the dialect: OpenAI `{"error":{...}}`, Anthropic
 /// `{"type":"error","error":{...}}`; returns the message.
-fn error_message(reply: &Reply, anthropic: bool, row: &str) -> String {
+pub(super) fn error_message(reply: &Reply, anthropic: bool, row: &str) -> String {
     let body = reply.json();
     let error = &body["error"];
     assert!(error["type"].is_string(), "{row}: {}", reply.body);
@@ -162,7 +162,12 @@ fn error_message(reply: &Reply, anthropic: bool, row: &str) -> String {
 
 /// The leak scan every test that handles secrets ends with: the log, every reply body and
 /// header, and every file under the home.
-fn assert_nothing_leaked(home: &TempHome, log: &str, replies: &[Reply], secrets: &[&str]) {
+pub(super) fn assert_nothing_leaked(
+    home: &TempHome,
+    log: &str,
+    replies: &[Reply],
+    secrets: &[&str],
+) {
     assert_absent(log, secrets, "the krouter log");
     for reply in replies {
         assert_absent(&reply.body, secrets, "a reply body");
@@ -172,7 +177,7 @@ fn assert_nothing_leaked(home: &TempHome, log: &str, replies: &[Reply], secrets:
 }
 
 /// A port nothing listens on: bound, read back, released.
-fn closed_port() -> u16 {
+pub(super) fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("an address").port()
 }

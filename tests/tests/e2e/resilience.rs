@@ -1,0 +1,452 @@
+//! Resilience and budgets through the real `krouter`: retries before any response, circuit
+//! breakers that open, probe, close and survive a restart, 429 rests, 503 when every target
+//! is unavailable, streams held until their first content, the dialect's error event when a
+//! stream fails after content, a client's disconnect reaching the upstream, and token
+//! budgets per group. Upstream faults come from the scripted mock's fault models.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use krouter_tests::client::Reply;
+use krouter_tests::home::TempHome;
+use krouter_tests::krouter::{Krouter, policy};
+use krouter_tests::upstream::MockUpstream;
+
+use super::proxy_serve::{
+    assert_nothing_leaked, chat, chat_stream, complete, error_message, message, post_anthropic,
+    provider, request_id, request_line, route,
+};
+
+/// A `[resilience]` that acts fast: one retry after 10–20 ms, a breaker that opens after two
+/// failures for one second, a one-second 429 rest, and 400 ms for a stream's first content.
+const FAST: &str = "[resilience]\nretries = 1\nbackoff_initial_ms = 20\nbackoff_max_ms = 50\n\
+    rate_limit_cooldown_secs = 1\nstream_first_content_timeout_ms = 400\n\n\
+    [resilience.breaker]\nfailure_threshold = 2\nopen_secs = 1\nhalf_open_probes = 1\n\n";
+
+/// The `"attempts"` of request `reply`'s log line.
+fn attempts(krouter: &Krouter, reply: &Reply) -> u64 {
+    let line = request_line(krouter, &request_id(reply));
+    let at = line
+        .find("\"attempts\":")
+        .unwrap_or_else(|| panic!("{line}"))
+        + 11;
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"))
+}
+
+/// Requests `upstream` saw for upstream model `model`.
+fn seen(upstream: &MockUpstream, model: &str) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body)
+                .is_ok_and(|body| body["model"] == model)
+        })
+        .count()
+}
+
+/// Two mocks, providers `a` and `b` on them, the routes given, [`FAST`] resilience.
+fn two_upstreams(routes: &[(&str, &[&str])]) -> (TempHome, MockUpstream, MockUpstream, String) {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    let b = MockUpstream::start();
+    let mut text = [
+        provider("a", "openai-compatible", &a.base_url(), None, ""),
+        provider("b", "openai-compatible", &b.base_url(), None, ""),
+    ]
+    .concat();
+    for (model, targets) in routes {
+        text.push_str(&route(model, targets));
+    }
+    text.push_str(FAST);
+    home.write_policy(&policy(2, &text));
+    let (_, key) = home.create_key("app");
+    (home, a, b, key)
+}
+
+#[test]
+fn a_reset_before_the_answer_is_retried_on_the_same_target() {
+    let (home, a, b, key) = two_upstreams(&[
+        ("flaky", &["a:flaky-1", "b:ok"]),
+        ("twice", &["a:flaky-2", "b:ok"]),
+    ]);
+    let krouter = Krouter::spawn(&home, &[]);
+    // The first attempt is reset before a head; the retry on `a` answers.
+    let reply = complete(&krouter, &key, &chat("flaky"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("(model flaky-1)"), "{}", reply.body);
+    assert_eq!((seen(&a, "flaky-1"), seen(&b, "ok")), (2, 0));
+    assert_eq!(attempts(&krouter, &reply), 2);
+    // Reset twice: one retry only ([resilience] retries = 1), then the next target.
+    let reply = complete(&krouter, &key, &chat("twice"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("(model ok)"), "{}", reply.body);
+    assert_eq!((seen(&a, "flaky-2"), seen(&b, "ok")), (2, 1));
+    assert_eq!(attempts(&krouter, &reply), 3);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_breaker_opens_skips_its_target_probes_and_closes() {
+    let (home, a, b, key) = two_upstreams(&[
+        ("down", &["a:fail-503", "b:ok"]),
+        ("recover", &["a:flaky500-3", "b:ok"]),
+        ("alone", &["a:fail-502"]),
+        ("client-errors", &["a:fail-400"]),
+    ]);
+    let krouter = Krouter::spawn(&home, &[]);
+
+    // Two 503s open the breaker; the third request goes straight to `b`.
+    for expected_a in [1, 2, 2] {
+        let reply = complete(&krouter, &key, &chat("down"));
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(seen(&a, "fail-503"), expected_a);
+    }
+    krouter.wait_for_log("circuit breaker opened", Duration::from_secs(2));
+    // After `open_secs`, one probe; it fails, so the breaker opens again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let reply = complete(&krouter, &key, &chat("down"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(seen(&a, "fail-503"), 3);
+    krouter.wait_for_log("circuit breaker probe failed", Duration::from_secs(2));
+
+    // A target that recovers: 503, 503 (open), probe 503 (open again), probe answers.
+    for _ in 0..2 {
+        assert_eq!(complete(&krouter, &key, &chat("recover")).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(complete(&krouter, &key, &chat("recover")).status, 200);
+    assert_eq!(seen(&a, "flaky500-3"), 3);
+    std::thread::sleep(Duration::from_millis(1100));
+    let reply = complete(&krouter, &key, &chat("recover"));
+    assert!(reply.body.contains("(model flaky500-3)"), "{}", reply.body);
+    krouter.wait_for_log("circuit breaker closed", Duration::from_secs(2));
+    // Closed: the next request goes to `a` again.
+    let reply = complete(&krouter, &key, &chat("recover"));
+    assert!(reply.body.contains("(model flaky500-3)"), "{}", reply.body);
+    assert_eq!(seen(&a, "flaky500-3"), 5);
+
+    // Every target open: 503 with Retry-After, in the dialect's shape, and no request.
+    for status in [502, 502] {
+        assert_eq!(complete(&krouter, &key, &chat("alone")).status, status);
+    }
+    let reply = complete(&krouter, &key, &chat("alone"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+    let text = error_message(&reply, false, "alone");
+    assert!(text.contains("temporarily unavailable"), "{text}");
+    assert_eq!(seen(&a, "fail-502"), 2);
+
+    // 4xx answers never open a breaker.
+    for _ in 0..4 {
+        assert_eq!(complete(&krouter, &key, &chat("client-errors")).status, 400);
+    }
+    assert_eq!(seen(&a, "fail-400"), 4);
+    assert_eq!(seen(&b, "ok"), 7);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("circuit breaker opened").count(), 3, "{log}");
+}
+
+#[test]
+fn a_429_rests_its_target_without_opening_the_breaker() {
+    let (home, a, b, key) = two_upstreams(&[
+        ("limited", &["a:fail-429-2", "b:ok"]),
+        ("limited-alone", &["a:fail-429-none"]),
+    ]);
+    let krouter = Krouter::spawn(&home, &[]);
+    // The 429 sends the request on to `b` and rests `a` for its Retry-After (2 s).
+    for _ in 0..3 {
+        let reply = complete(&krouter, &key, &chat("limited"));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!((seen(&a, "fail-429-2"), seen(&b, "ok")), (1, 3));
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(complete(&krouter, &key, &chat("limited")).status, 200);
+    assert_eq!(seen(&a, "fail-429-2"), 2);
+
+    // Alone: the client gets the 429; then, while the target rests for the policy's
+    // cool-down (1 s, no Retry-After upstream), 503 with Retry-After.
+    let reply = complete(&krouter, &key, &chat("limited-alone"));
+    assert_eq!(reply.status, 429, "{reply:?}");
+    let reply = complete(&krouter, &key, &chat("limited-alone"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+    assert_eq!(seen(&a, "fail-429-none"), 1);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("circuit breaker opened"), "{log}");
+    assert!(log.contains("upstream rate limited; target rests"), "{log}");
+}
+
+#[test]
+fn an_open_breaker_stays_open_across_a_restart() {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    let text = [
+        provider("a", "openai-compatible", &a.base_url(), None, ""),
+        route("chat", &["a:fail-500"]),
+        "[resilience.breaker]\nfailure_threshold = 1\nopen_secs = 60\n\n".to_owned(),
+    ]
+    .concat();
+    home.write_policy(&policy(2, &text));
+    let (_, key) = home.create_key("app");
+    let krouter = Krouter::spawn(&home, &[]);
+    assert_eq!(complete(&krouter, &key, &chat("chat")).status, 502);
+    assert_eq!(complete(&krouter, &key, &chat("chat")).status, 503);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+
+    let krouter = Krouter::spawn(&home, &[]);
+    let reply = complete(&krouter, &key, &chat("chat"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((50..=60).contains(&wait), "{reply:?}");
+    assert_eq!(seen(&a, "fail-500"), 1);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn streams_without_content_fall_back_and_a_failure_after_content_ends_with_an_error_event() {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    let b = MockUpstream::start();
+    let mut text = [
+        provider("a", "openai-compatible", &a.base_url(), None, ""),
+        provider("b", "openai-compatible", &b.base_url(), None, ""),
+        provider(
+            "quiet",
+            "openai-compatible",
+            &a.base_url(),
+            None,
+            "idle_timeout_ms = 300\n",
+        ),
+        provider(
+            "claude",
+            "anthropic",
+            &a.base_url(),
+            Some("anthropic-key"),
+            "",
+        ),
+        provider(
+            "claude-b",
+            "anthropic",
+            &b.base_url(),
+            Some("anthropic-key"),
+            "",
+        ),
+        provider(
+            "claude-quiet",
+            "anthropic",
+            &a.base_url(),
+            Some("anthropic-key"),
+            "idle_timeout_ms = 300\n",
+        ),
+    ]
+    .concat();
+    let fallbacks = ["empty-stream", "no-content-stream", "error-event", "stall"];
+    for fault in fallbacks {
+        text.push_str(&route(fault, &[&format!("a:{fault}"), "b:ok"]));
+        text.push_str(&route(
+            &format!("claude-{fault}"),
+            &[&format!("claude:{fault}"), "claude-b:ok"],
+        ));
+    }
+    text.push_str(&route("after", &["quiet:stall-after-content", "b:ok"]));
+    text.push_str(&route("upstream-error", &["a:error-after-content", "b:ok"]));
+    text.push_str(&route(
+        "claude-after",
+        &["claude-quiet:stall-after-content"],
+    ));
+    text.push_str(FAST);
+    home.write_policy(&policy(2, &text));
+    home.set_credential("anthropic-key", "anthropic", "test-anthropic-credential-0");
+    let (_, key) = home.create_key("app");
+    let krouter = Krouter::spawn(&home, &[]);
+    let mut replies = Vec::new();
+
+    // No content before the end, an error first, or no content in time: the next target.
+    for fault in fallbacks {
+        let started = Instant::now();
+        let reply = complete(&krouter, &key, &chat_stream(fault));
+        assert_eq!(reply.status, 200, "{fault}: {reply:?}");
+        assert!(reply.body.contains("(model ok)"), "{fault}: {}", reply.body);
+        assert!(
+            reply.body.ends_with("data: [DONE]\n\n"),
+            "{fault}: {}",
+            reply.body
+        );
+        assert!(
+            !reply.body.contains("overloaded"),
+            "{fault}: {}",
+            reply.body
+        );
+        assert_eq!(attempts(&krouter, &reply), 2, "{fault}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{fault}");
+        replies.push(reply);
+        let url = krouter.url("/v1/messages");
+        let reply = post_anthropic(&url, &key, &message(&format!("claude-{fault}"), true));
+        assert_eq!(reply.status, 200, "claude-{fault}: {reply:?}");
+        assert!(
+            reply.body.contains("(model ok)"),
+            "claude-{fault}: {}",
+            reply.body
+        );
+        assert!(reply.body.contains("event: message_stop"), "{}", reply.body);
+        replies.push(reply);
+    }
+
+    // Content reached the client, then the stream went quiet: the dialect's error event.
+    let reply = complete(&krouter, &key, &chat_stream("after"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(!reply.body.contains("(model ok)"), "{}", reply.body);
+    let last = reply
+        .body
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default();
+    assert!(last.starts_with("data: {\"error\":"), "{}", reply.body);
+    assert!(last.contains("failed part-way"), "{last}");
+    let line = request_line(&krouter, &request_id(&reply));
+    assert!(
+        line.contains("\"cut_short\":\"the upstream stream went idle\""),
+        "{line}"
+    );
+    replies.push(reply);
+    let url = krouter.url("/v1/messages");
+    let reply = post_anthropic(&url, &key, &message("claude-after", true));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let last = reply
+        .body
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default();
+    assert!(last.starts_with("event: error\ndata: {"), "{}", reply.body);
+    assert!(last.contains("\"type\":\"api_error\""), "{last}");
+    replies.push(reply);
+
+    // An error event after content is the upstream's own answer: relayed as it is.
+    let reply = complete(&krouter, &key, &chat_stream("upstream-error"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("upstream overloaded"), "{}", reply.body);
+    assert_eq!(attempts(&krouter, &reply), 1);
+    replies.push(reply);
+
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert_nothing_leaked(
+        &home,
+        &log,
+        &replies,
+        &["test-anthropic-credential-0", &key],
+    );
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_upstream_request() {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    home.write_policy(&policy(
+        2,
+        &[
+            provider("a", "openai-compatible", &a.base_url(), None, ""),
+            route("chat", &["a:stall-after-content"]),
+        ]
+        .concat(),
+    ));
+    let (_, key) = home.create_key("app");
+    let krouter = Krouter::spawn(&home, &[]);
+    let addr = krouter.url("").trim_start_matches("http://").to_owned();
+    let body = chat_stream("chat");
+    let mut socket = TcpStream::connect(&addr).unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: k\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until the first content event has come through, then hang up.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("Hello") {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(a.cancelled(), 0);
+    drop(socket);
+    assert!(
+        a.wait_cancelled(1, Duration::from_secs(2)),
+        "the upstream stream was not cancelled"
+    );
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the client closed the connection"), "{log}");
+}
+
+#[test]
+fn a_group_over_its_daily_token_budget_is_refused_until_midnight_and_across_a_restart() {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    // The mock reports 11 + 7 = 18 tokens per answer: the second request ends over 30.
+    let text = format!(
+        "serial = 2\n\n[access]\nrequire_api_keys = true\n\n[[access.groups]]\nname = \"default\"\n\
+         models = [\"*\"]\ntokens_per_day = 30\n\n[[access.groups]]\nname = \"other\"\n\
+         models = [\"*\"]\ntokens_per_month = 1000000\n\n{}{}",
+        provider("a", "openai-compatible", &a.base_url(), None, ""),
+        route("chat", &["a:ok"]),
+    );
+    home.write_policy(&text);
+    let (_, key) = home.create_key("app");
+    let run = home.admin(&[
+        "--json", "keys", "create", "--label", "other", "--group", "other",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let other = krouter_tests::home::json_field(&run.stdout, "secret");
+    let krouter = Krouter::spawn(&home, &[]);
+    for _ in 0..2 {
+        assert_eq!(complete(&krouter, &key, &chat("chat")).status, 200);
+    }
+    let refused = |krouter: &Krouter| {
+        let reply = complete(krouter, &key, &chat("chat"));
+        assert_eq!(reply.status, 429, "{reply:?}");
+        let text = error_message(&reply, false, "budget");
+        assert!(text.contains("daily token budget"), "{text}");
+        assert!(!text.contains("kid_"), "{text}");
+        let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=86_400).contains(&wait), "{reply:?}");
+        reply
+    };
+    let reply = refused(&krouter);
+    // Anthropic clients get their own shape.
+    let url = krouter.url("/v1/messages");
+    let anthropic = post_anthropic(&url, &key, &message("chat", false));
+    assert_eq!(anthropic.status, 429, "{anthropic:?}");
+    // Another group is not affected.
+    assert_eq!(complete(&krouter, &other, &chat("chat")).status, 200);
+    assert_eq!(seen(&a, "ok"), 3);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+
+    // The spend is read back from state.sqlite: still refused after a restart.
+    let krouter = Krouter::spawn(&home, &[]);
+    let again = refused(&krouter);
+    assert_eq!(complete(&krouter, &other, &chat("chat")).status, 200);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert_nothing_leaked(&home, &log, &[reply, again, anthropic], &[&key, &other]);
+}
