@@ -23,30 +23,74 @@
 //!
 //! # Behaviours, picked by the request's `model`
 //!
+//! On every model route (`chat/completions`, `embeddings`, `responses`, `messages`,
+//! `messages/count_tokens`), streaming or not, unless the row says otherwise. `<n>`, `<ms>`,
+//! `<secs>` and `<status>` are decimal digits (at most 20); any other model answers normally.
+//! SSE answers are 200 with `content-type: text/event-stream`, each event a frame of its own;
+//! a request that does not stream gets a normal answer from the rows that begin with "SSE:".
+//!
 //! | Model | Behaviour |
 //! |---|---|
 //! | `fail-500` | 500; the error message contains `UPSTREAM-INTERNAL-DETAIL` |
+//! | `fail-<status>` | `<status>` (501 to 599) with an error body (Anthropic 529: `overloaded_error`) |
 //! | `fail-429` | 429 with `retry-after: 1` |
+//! | `fail-429-<secs>` | 429 with `retry-after: <secs>` |
+//! | `fail-429-none` | 429 without `retry-after` |
 //! | `fail-400` | 400 with an `invalid_request_error` |
 //! | `slow-<ms>` | waits `<ms>` before the response head, then answers normally |
 //! | `hang` | never answers; the connection stays open |
 //! | `drop` | closes the connection (HTTP/2: resets the stream) without a response |
+//! | `flaky-<n>` | the first `<n>` requests with this exact model (per server) as `drop`, then normally |
+//! | `flaky500-<n>` | the same, but 503 with an error body instead of `drop` |
 //! | `big-error` | 500 with a 2 MiB body |
 //! | `redirect` | 307 to `http://127.0.0.1:9/elsewhere` |
 //! | `stream-gap-<ms>` | streams with `<ms>` before every event; the head goes out at once |
 //! | `stream-cut` | sends the head and two events (or half the JSON), then aborts the body |
+//! | `empty-stream` | SSE: the head, then the end, without a byte of body |
+//! | `no-content-stream` | SSE: lifecycle events without content (below) |
+//! | `error-event` | SSE: the head, the dialect's error event (below), the end |
+//! | `stall` | the head (JSON when not streaming), then nothing until the client goes away |
+//! | `stall-after-content` | the head, the first content event (or half the JSON), then nothing |
+//! | `error-after-content` | SSE: the head, the first content event, the error event, the end |
+//!
+//! The first content event is the first one with text, sent alone (no lifecycle event before
+//! it): the chat chunk whose delta is `{"content":"Hello"}`, the Responses
+//! `response.output_text.delta` or the Anthropic `content_block_delta` of `Hello`.
+//! `stall-after-content` then sends nothing until the client goes away.
+//! `no-content-stream` sends, on chat completions, one chunk whose delta is
+//! `{"role":"assistant","content":""}` and `data: [DONE]`; on Responses, `response.created` and
+//! `response.completed` (output `[]`); on messages, `message_start`, `message_delta`
+//! (`end_turn`, usage) and `message_stop`. The error events, byte for byte:
+//!
+//! ```text
+//! data: {"error":{"message":"upstream overloaded","type":"server_error","code":"overloaded"}}\n\n
+//! event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n
+//! ```
+//!
+//! (OpenAI routes, then `/v1/messages`.) A server counts `flaky` requests for at most 1,024
+//! distinct models; a further model is not counted and answers normally. A request refused
+//! before its model is read (credential, size, route) counts for no `flaky` model.
+//!
+//! # Cancellation
+//!
+//! An answer is cancelled when its client goes away before the mock has sent all of it: while
+//! the mock reads the request or waits before the head (`hang`, `slow-<ms>`), or while a task
+//! still writes the body (a stream, `stall*`, `stream-gap-<ms>`). The task notices at once
+//! (not at its next write) and stops. [`MockUpstream::cancelled`] counts them; an answer sent
+//! whole at once (JSON, an error) never counts.
 //!
 //! A request body over 8 MiB gets 413. With a credential set, every `/v1` request must carry
 //! it (`x-api-key` on `/v1/messages*`, `Authorization: Bearer` elsewhere) or gets 401. Errors
 //! use the shape of the dialect of the path: Anthropic on `/v1/messages*`, OpenAI elsewhere.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -58,9 +102,16 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::tls::TestCa;
 
+/// The most distinct `flaky` models one server counts requests for.
+const MAX_FLAKY_MODELS: usize = 1024;
+/// How often [`MockUpstream::wait_cancelled`] looks at the count.
+const POLL: Duration = Duration::from_millis(2);
+
 mod anthropic;
+mod behaviour;
 mod handler;
 mod openai;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -104,10 +155,15 @@ struct Shared {
     record: bool,
     seen: Mutex<Vec<Seen>>,
     next_id: AtomicU64,
+    /// Answers whose client went away before the mock had sent them whole.
+    cancelled: AtomicU64,
+    /// Requests seen per `flaky` model, for at most [`MAX_FLAKY_MODELS`] models.
+    flaky: Mutex<HashMap<String, u64>>,
 }
 
-/// Serves the mock on `listener` (plain HTTP, no credential, recording nothing) until
-/// `shutdown` completes. Connections still open then are left to the runtime.
+/// Serves the mock on `listener` (plain HTTP, no credential, recording nothing; the `flaky`
+/// counts are capped, see the module doc) until `shutdown` completes. Connections still open
+/// then, stalled streams among them, are left to the runtime.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let shared = Arc::new(Shared::new(None, false));
     run(listener, None, shared, shutdown).await;
@@ -157,9 +213,41 @@ impl MockUpstream {
         self.shared.seen().to_vec()
     }
 
-    /// Forgets the requests seen so far.
+    /// Forgets the requests seen so far (not the `flaky` counts nor the cancelled count).
     pub fn clear(&self) {
         self.shared.seen().clear();
+    }
+
+    /// How many of the requests seen so far (since [`clear`](Self::clear)) have a JSON body
+    /// whose `model` is `model`.
+    pub fn count_model(&self, model: &str) -> usize {
+        self.shared
+            .seen()
+            .iter()
+            .filter(|seen| seen.model().as_deref() == Some(model))
+            .count()
+    }
+
+    /// How many answers were cancelled so far: their client went away before the mock had
+    /// sent them whole (see the module doc).
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` answers were cancelled, for at most `timeout`; whether
+    /// they were. Blocks the thread: call it outside the runtime that runs the client, or
+    /// the client's sockets may stay open while it waits.
+    pub fn wait_cancelled(&self, count: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if self.cancelled() >= count {
+                return true;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 }
 
@@ -263,6 +351,14 @@ impl Seen {
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
+
+    /// The body's JSON `model`, if it has one that is a string.
+    pub fn model(&self) -> Option<String> {
+        match self.json()?.get_mut("model")?.take() {
+            serde_json::Value::String(model) => Some(model),
+            _ => None,
+        }
+    }
 }
 
 // === impl Shared ===
@@ -274,6 +370,8 @@ impl Shared {
             record,
             seen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            cancelled: AtomicU64::new(0),
+            flaky: Mutex::new(HashMap::new()),
         }
     }
 
@@ -291,6 +389,26 @@ impl Shared {
 
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one more request with the `flaky` model `model` and returns its number (1 for
+    /// the first); `None` when [`MAX_FLAKY_MODELS`] other models are counted already.
+    fn attempt(&self, model: &str) -> Option<u64> {
+        let mut counts = self.flaky.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(model) {
+            *count = count.saturating_add(1);
+            return Some(*count);
+        }
+        if counts.len() >= MAX_FLAKY_MODELS {
+            return None;
+        }
+        counts.insert(model.to_owned(), 1);
+        Some(1)
+    }
+
+    /// Counts one cancelled answer.
+    fn cancel(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,6 +5,14 @@ use serde_json::{Value, json};
 
 use super::handler::{Call, Reply, named_event, pieces, sentence};
 
+/// The error event of `error-event` and `error-after-content` on `/v1/messages`.
+pub(super) const ERROR_EVENT: &[u8] = concat!(
+    "event: error\n",
+    r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    "\n\n"
+)
+.as_bytes();
+
 /// `POST /v1/messages`.
 pub(super) fn message(call: &Call<'_>) -> Reply {
     let message = |content: Value, stop_reason: Value, output_tokens: u64| {
@@ -27,11 +35,30 @@ pub(super) fn message(call: &Call<'_>) -> Reply {
         ));
     }
 
-    let mut events = vec![
+    let start = named_event(
+        "message_start",
+        &json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+    );
+    let finish = [
         named_event(
-            "message_start",
-            &json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": 7},
+            }),
         ),
+        named_event("message_stop", &json!({"type": "message_stop"})),
+    ];
+    if !call.content {
+        return Reply::Events {
+            events: [start].into_iter().chain(finish).collect(),
+            first_content: None,
+        };
+    }
+
+    let mut events = vec![
+        start,
         named_event(
             "content_block_start",
             &json!({
@@ -41,6 +68,7 @@ pub(super) fn message(call: &Call<'_>) -> Reply {
             }),
         ),
     ];
+    let first_content = Some(events.len());
     for piece in pieces(call.model) {
         events.push(named_event(
             "content_block_delta",
@@ -55,19 +83,11 @@ pub(super) fn message(call: &Call<'_>) -> Reply {
         "content_block_stop",
         &json!({"type": "content_block_stop", "index": 0}),
     ));
-    events.push(named_event(
-        "message_delta",
-        &json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-            "usage": {"output_tokens": 7},
-        }),
-    ));
-    events.push(named_event(
-        "message_stop",
-        &json!({"type": "message_stop"}),
-    ));
-    Reply::Events(events)
+    events.extend(finish);
+    Reply::Events {
+        events,
+        first_content,
+    }
 }
 
 /// `POST /v1/messages/count_tokens`.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -13,6 +12,8 @@ use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LO
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::behaviour::{Behaviour, Delivery, Fault};
+use super::stream::{self, End};
 use super::{Seen, Shared, anthropic, openai};
 
 /// The largest request body the mock reads; larger ones get 413.
@@ -21,9 +22,6 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 const BIG_ERROR: usize = 2 * 1024 * 1024;
 /// The marker in `fail-500` and `big-error` bodies that must never reach a krouter client.
 const INTERNAL_DETAIL: &str = "UPSTREAM-INTERNAL-DETAIL";
-/// How long `stream-cut` waits after its last event before aborting, so the events are
-/// flushed before the connection goes.
-const CUT_PAUSE: Duration = Duration::from_millis(20);
 
 /// The error every body of this server carries.
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,22 +46,6 @@ enum Route {
     Models,
 }
 
-/// What the request's model asks the mock to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    Normal,
-    Fail500,
-    Fail429,
-    Fail400,
-    Slow(Duration),
-    Hang,
-    Drop,
-    BigError,
-    Redirect,
-    StreamGap(Duration),
-    StreamCut,
-}
-
 /// An error the mock answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -72,10 +54,18 @@ enum Failure {
     NotJson,
     TooLarge,
     Internal,
-    RateLimited,
+    /// A 5xx other than 500.
+    Server(StatusCode),
+    /// 429; the seconds for `retry-after`, if any.
+    RateLimited(Option<u64>),
     ClientError,
     Big,
 }
+
+/// Counts the request as cancelled when it is dropped before [`Pending::answered`]: the
+/// client went away while the mock was still reading the request or waiting to answer
+/// (`hang`, `slow-<ms>`).
+struct Pending(Option<Arc<Shared>>);
 
 /// One parsed call to a model route: what the route builders need to answer it.
 #[derive(Debug)]
@@ -90,6 +80,8 @@ pub(super) struct Call<'a> {
     pub(super) created: u64,
     /// Whether the request asked for SSE.
     pub(super) stream: bool,
+    /// Whether a stream carries text (false for `no-content-stream`: lifecycle events only).
+    pub(super) content: bool,
 }
 
 /// What a route answers with, before the behaviour shapes its delivery.
@@ -97,13 +89,30 @@ pub(super) struct Call<'a> {
 pub(super) enum Reply {
     /// One JSON document with status 200.
     Json(Value),
-    /// SSE events, each already framed (`data: ...\n\n` or `event: ...\ndata: ...\n\n`).
-    Events(Vec<Bytes>),
+    /// SSE events with status 200.
+    Events {
+        /// Each event already framed (`data: ...\n\n` or `event: ...\ndata: ...\n\n`).
+        events: Vec<Bytes>,
+        /// The index of the first event that carries text, if one does.
+        first_content: Option<usize>,
+    },
 }
 
 /// Answers one request. An `Err` makes hyper close the connection (HTTP/2: reset the stream)
-/// without a response.
+/// without a response. A request whose client goes away before the answer is ready counts
+/// as cancelled.
 pub(super) async fn handle(
+    request: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<ResponseBody>, BoxError> {
+    let pending = Pending(Some(Arc::clone(&shared)));
+    let answer = answer(request, shared).await;
+    pending.answered();
+    answer
+}
+
+/// [`handle`] without the cancellation count.
+async fn answer(
     request: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, BoxError> {
@@ -161,20 +170,39 @@ pub(super) async fn handle(
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("unknown");
-    let behaviour = Behaviour::of(model);
-    match behaviour {
+    let dropped = || format!("the mock upstream drops this connection (model {model:?})").into();
+    let delivery = match Behaviour::of(model) {
+        Behaviour::Answer(delivery) => delivery,
         Behaviour::Fail500 => return Ok(failure(dialect, Failure::Internal)),
-        Behaviour::Fail429 => return Ok(failure(dialect, Failure::RateLimited)),
+        Behaviour::FailStatus(status) => return Ok(failure(dialect, Failure::Server(status))),
+        Behaviour::Fail429(retry_after) => {
+            return Ok(failure(dialect, Failure::RateLimited(retry_after)));
+        }
         Behaviour::Fail400 => return Ok(failure(dialect, Failure::ClientError)),
         Behaviour::BigError => return Ok(failure(dialect, Failure::Big)),
         Behaviour::Redirect => return Ok(redirect()),
-        Behaviour::Drop => {
-            return Err("the mock upstream drops this connection (model \"drop\")".into());
+        Behaviour::Drop => return Err(dropped()),
+        Behaviour::Flaky { failures, fault } => {
+            if shared
+                .attempt(model)
+                .is_some_and(|attempt| attempt <= failures)
+            {
+                return match fault {
+                    Fault::Drop => Err(dropped()),
+                    Fault::Unavailable => Ok(failure(
+                        dialect,
+                        Failure::Server(StatusCode::SERVICE_UNAVAILABLE),
+                    )),
+                };
+            }
+            Delivery::Whole
         }
-        Behaviour::Hang => std::future::pending::<()>().await,
-        Behaviour::Slow(delay) => tokio::time::sleep(delay).await,
-        Behaviour::Normal | Behaviour::StreamGap(_) | Behaviour::StreamCut => {}
-    }
+        Behaviour::Hang => std::future::pending().await,
+        Behaviour::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            Delivery::Whole
+        }
+    };
 
     let call = Call {
         model,
@@ -184,6 +212,7 @@ pub(super) async fn handle(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
         stream: request.get("stream").and_then(Value::as_bool) == Some(true),
+        content: delivery != Delivery::NoContent,
     };
     let reply = match route {
         Route::ChatCompletions => openai::chat_completion(&call),
@@ -193,7 +222,7 @@ pub(super) async fn handle(
         Route::CountTokens => anthropic::count_tokens(),
         Route::Models => Reply::Json(openai::models()),
     };
-    Ok(deliver(reply, behaviour))
+    Ok(deliver(reply, delivery, dialect, shared))
 }
 
 /// The sentence every route answers with.
@@ -239,27 +268,64 @@ fn authorized(credential: Option<&str>, dialect: Dialect, path: &str, headers: &
     }
 }
 
-/// Sends a reply as the behaviour says: at once, with gaps, or cut short.
-fn deliver(reply: Reply, behaviour: Behaviour) -> Response<ResponseBody> {
-    let cut = behaviour == Behaviour::StreamCut;
+/// Sends a reply as the delivery says: at once, with gaps, cut short, stalled, or with the
+/// dialect's error event in place of (or after) content.
+fn deliver(
+    reply: Reply,
+    delivery: Delivery,
+    dialect: Dialect,
+    shared: Arc<Shared>,
+) -> Response<ResponseBody> {
     match reply {
-        Reply::Json(value) if cut => {
-            let text = value.to_string();
-            let half = Bytes::from(text.into_bytes());
-            let half = half.slice(..half.len() / 2);
-            let mut response = streamed(vec![half], None, true);
+        Reply::Json(value) => {
+            let half = || {
+                let whole = Bytes::from(value.to_string().into_bytes());
+                vec![whole.slice(..whole.len() / 2)]
+            };
+            let (chunks, end) = match delivery {
+                Delivery::Cut => (half(), End::Abort),
+                Delivery::Stall => (Vec::new(), End::Stall),
+                Delivery::StallAfterContent => (half(), End::Stall),
+                Delivery::Whole
+                | Delivery::Gaps(_)
+                | Delivery::Empty
+                | Delivery::NoContent
+                | Delivery::ErrorEvent
+                | Delivery::ErrorAfterContent => return json_response(StatusCode::OK, &value),
+            };
+            let mut response = streamed(chunks, None, end, shared);
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Reply::Json(value) => json_response(StatusCode::OK, &value),
-        Reply::Events(events) => {
-            let gap = match behaviour {
-                Behaviour::StreamGap(gap) => Some(gap),
-                _ => None,
+        Reply::Events {
+            mut events,
+            first_content,
+        } => {
+            let first = first_content
+                .and_then(|index| events.get(index))
+                .cloned()
+                .into_iter();
+            let (chunks, gap, end) = match delivery {
+                // The route already left the content out of a `NoContent` reply.
+                Delivery::Whole | Delivery::NoContent => (events, None, End::Finish),
+                Delivery::Gaps(gap) => (events, Some(gap), End::Finish),
+                Delivery::Cut => {
+                    events.truncate(2);
+                    (events, None, End::Abort)
+                }
+                Delivery::Empty => (Vec::new(), None, End::Finish),
+                Delivery::ErrorEvent => (vec![dialect.error_event()], None, End::Finish),
+                Delivery::Stall => (Vec::new(), None, End::Stall),
+                Delivery::StallAfterContent => (first.collect(), None, End::Stall),
+                Delivery::ErrorAfterContent => (
+                    first.chain([dialect.error_event()]).collect(),
+                    None,
+                    End::Finish,
+                ),
             };
-            let mut response = streamed(events, gap, cut);
+            let mut response = streamed(chunks, gap, end, shared);
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -268,26 +334,15 @@ fn deliver(reply: Reply, behaviour: Behaviour) -> Response<ResponseBody> {
     }
 }
 
-/// A 200 whose body is `chunks`, each sent as its own frame as a task produces it: after
-/// `gap` if given; and if `cut`, only the first two, then an error that aborts the body.
-fn streamed(chunks: Vec<Bytes>, gap: Option<Duration>, cut: bool) -> Response<ResponseBody> {
-    let (mut sender, body) = Channel::<Bytes, BoxError>::new(8);
-    tokio::spawn(async move {
-        let count = if cut { 2 } else { chunks.len() };
-        for chunk in chunks.into_iter().take(count) {
-            if let Some(gap) = gap {
-                tokio::time::sleep(gap).await;
-            }
-            if sender.send_data(chunk).await.is_err() {
-                return;
-            }
-        }
-        if cut {
-            tokio::time::sleep(CUT_PAUSE).await;
-            sender.abort("the mock upstream cuts this body (model \"stream-cut\")".into());
-        }
-    });
-    Response::new(body.boxed())
+/// A 200 whose body is `chunks`, each sent as its own frame as a task produces it (see
+/// [`stream::spawn`]).
+fn streamed(
+    chunks: Vec<Bytes>,
+    gap: Option<Duration>,
+    end: End,
+    shared: Arc<Shared>,
+) -> Response<ResponseBody> {
+    Response::new(stream::spawn(chunks, gap, end, shared).boxed())
 }
 
 /// A complete JSON response.
@@ -349,11 +404,28 @@ fn failure(dialect: Dialect, failure: Failure) -> Response<ResponseBody> {
             "api_error",
             format!("{INTERNAL_DETAIL}: shard 7 of pool gpu-east failed (stack: worker.rs:42)"),
         ),
-        Failure::RateLimited => (
+        Failure::Server(status) => (
+            status,
+            "server_error",
+            if status.as_u16() == 529 {
+                "overloaded_error"
+            } else {
+                "api_error"
+            },
+            format!(
+                "the krouter demo upstream fails this request with {}",
+                status.as_u16()
+            ),
+        ),
+        Failure::RateLimited(retry_after) => (
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "rate_limit_error",
-            "rate limit reached; retry after 1 second".to_owned(),
+            match retry_after {
+                Some(1) => "rate limit reached; retry after 1 second".to_owned(),
+                Some(seconds) => format!("rate limit reached; retry after {seconds} seconds"),
+                None => "rate limit reached".to_owned(),
+            },
         ),
         Failure::ClientError => (
             StatusCode::BAD_REQUEST,
@@ -370,7 +442,7 @@ fn failure(dialect: Dialect, failure: Failure) -> Response<ResponseBody> {
     };
     let code = match failure {
         Failure::Unauthorized => Value::from("invalid_api_key"),
-        Failure::RateLimited => Value::from("rate_limit_exceeded"),
+        Failure::RateLimited(_) => Value::from("rate_limit_exceeded"),
         _ => Value::Null,
     };
     let body = match dialect {
@@ -383,12 +455,29 @@ fn failure(dialect: Dialect, failure: Failure) -> Response<ResponseBody> {
         }),
     };
     let mut response = json_response(status, &body);
-    if failure == Failure::RateLimited {
+    if let Failure::RateLimited(Some(seconds)) = failure {
         response
             .headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
+            .insert("retry-after", HeaderValue::from(seconds));
     }
     response
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// The answer is ready: the request is not cancelled.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.cancel();
+        }
+    }
 }
 
 // === impl Dialect ===
@@ -400,6 +489,14 @@ impl Dialect {
         } else {
             Self::OpenAi
         }
+    }
+
+    /// The event a stream of this dialect reports an error with.
+    fn error_event(self) -> Bytes {
+        Bytes::from_static(match self {
+            Self::OpenAi => openai::ERROR_EVENT,
+            Self::Anthropic => anthropic::ERROR_EVENT,
+        })
     }
 }
 
@@ -422,32 +519,5 @@ impl Route {
             Method::POST
         };
         (method == expected).then_some(route)
-    }
-}
-
-// === impl Behaviour ===
-
-impl Behaviour {
-    fn of(model: &str) -> Self {
-        let millis = |rest: &str| rest.parse::<u64>().ok().map(Duration::from_millis);
-        match model {
-            "fail-500" => Self::Fail500,
-            "fail-429" => Self::Fail429,
-            "fail-400" => Self::Fail400,
-            "hang" => Self::Hang,
-            "drop" => Self::Drop,
-            "big-error" => Self::BigError,
-            "redirect" => Self::Redirect,
-            "stream-cut" => Self::StreamCut,
-            _ => {
-                if let Some(delay) = model.strip_prefix("slow-").and_then(millis) {
-                    Self::Slow(delay)
-                } else if let Some(gap) = model.strip_prefix("stream-gap-").and_then(millis) {
-                    Self::StreamGap(gap)
-                } else {
-                    Self::Normal
-                }
-            }
-        }
     }
 }

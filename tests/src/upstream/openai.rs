@@ -8,8 +8,17 @@ use serde_json::{Value, json};
 
 use super::handler::{Call, Reply, data_event, named_event, pieces, sentence};
 
+/// The error event of `error-event` and `error-after-content` on the OpenAI routes.
+pub(super) const ERROR_EVENT: &[u8] = concat!(
+    r#"data: {"error":{"message":"upstream overloaded","type":"server_error","code":"overloaded"}}"#,
+    "\n\n"
+)
+.as_bytes();
+
 /// The one embedding the mock knows.
 const EMBEDDING: [f32; 3] = [0.1, 0.2, 0.3];
+/// The last event of a chat completion stream.
+const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// `POST /v1/chat/completions`.
 pub(super) fn chat_completion(call: &Call<'_>) -> Reply {
@@ -57,11 +66,24 @@ pub(super) fn chat_completion(call: &Call<'_>) -> Reply {
         chunk
     };
     let choice = |delta: Value, finish_reason: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]);
+    if !call.content {
+        return Reply::Events {
+            events: vec![
+                data_event(&chunk(choice(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                ))),
+                Bytes::from_static(DONE),
+            ],
+            first_content: None,
+        };
+    }
 
     let mut events = vec![data_event(&chunk(choice(
         json!({"role": "assistant", "content": "", "refusal": null}),
         Value::Null,
     )))];
+    let first_content = Some(events.len());
     for piece in pieces(call.model) {
         events.push(data_event(&chunk(choice(
             json!({"content": piece}),
@@ -76,8 +98,11 @@ pub(super) fn chat_completion(call: &Call<'_>) -> Reply {
         }
         events.push(data_event(&last));
     }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    Reply::Events(events)
+    events.push(Bytes::from_static(DONE));
+    Reply::Events {
+        events,
+        first_content,
+    }
 }
 
 /// `POST /v1/embeddings`: one embedding per input string (or token list) when `input` is an
@@ -133,21 +158,23 @@ pub(super) fn response(call: &Call<'_>) -> Reply {
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 18,
     });
-    let completed = response_object(call, "completed", json!([done]), usage);
     if !call.stream {
-        return Reply::Json(completed);
+        return Reply::Json(response_object(call, "completed", json!([done]), usage));
     }
 
     let in_progress = response_object(call, "in_progress", json!([]), Value::Null);
     let mut sequence = 0_u64;
     let mut events = Vec::new();
+    // Appends an event and returns its index.
     let mut push = |kind: &str, mut data: Value| {
         if let Some(object) = data.as_object_mut() {
             object.insert("type".to_owned(), Value::from(kind));
             object.insert("sequence_number".to_owned(), Value::from(sequence));
         }
         sequence += 1;
+        let index = events.len();
         events.push(named_event(kind, &data));
+        index
     };
     let at = |mut data: Value| {
         if let Some(object) = data.as_object_mut() {
@@ -159,17 +186,27 @@ pub(super) fn response(call: &Call<'_>) -> Reply {
     };
 
     push("response.created", json!({"response": in_progress}));
+    if !call.content {
+        let empty = response_object(call, "completed", json!([]), usage);
+        push("response.completed", json!({"response": empty}));
+        return Reply::Events {
+            events,
+            first_content: None,
+        };
+    }
     push("response.in_progress", json!({"response": in_progress}));
     push(
         "response.output_item.added",
         json!({"output_index": 0, "item": message("in_progress", json!([]))}),
     );
     push("response.content_part.added", at(json!({"part": part("")})));
+    let mut first_content = None;
     for piece in pieces(call.model) {
-        push(
+        let index = push(
             "response.output_text.delta",
             at(json!({"delta": piece, "logprobs": []})),
         );
+        first_content.get_or_insert(index);
     }
     push(
         "response.output_text.done",
@@ -183,8 +220,12 @@ pub(super) fn response(call: &Call<'_>) -> Reply {
         "response.output_item.done",
         json!({"output_index": 0, "item": done}),
     );
+    let completed = response_object(call, "completed", json!([done]), usage);
     push("response.completed", json!({"response": completed}));
-    Reply::Events(events)
+    Reply::Events {
+        events,
+        first_content,
+    }
 }
 
 /// `GET /v1/models`.

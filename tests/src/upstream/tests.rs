@@ -7,16 +7,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 use super::MockUpstream;
 use crate::tls::TestCa;
+
+mod faults;
 
 const SENTENCE: &str = "Hello from the krouter demo upstream (model demo-1).";
 
@@ -41,8 +45,16 @@ fn post(path: &str, headers: &[(&str, &str)], body: &Value) -> Request<Full<Byte
 /// Sends one request over a fresh HTTP/1.1 connection.
 async fn send(
     addr: SocketAddr,
-    mut request: Request<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> hyper::Result<Response<Incoming>> {
+    open(addr, request).await.map(|(response, _)| response)
+}
+
+/// [`send`], also returning the connection's task: aborting it closes the socket.
+async fn open(
+    addr: SocketAddr,
+    mut request: Request<Full<Bytes>>,
+) -> hyper::Result<(Response<Incoming>, JoinHandle<hyper::Result<()>>)> {
     request
         .headers_mut()
         .insert("host", addr.to_string().parse().expect("a host header"));
@@ -50,8 +62,26 @@ async fn send(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("an HTTP/1.1 handshake");
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    Ok((response, connection))
+}
+
+/// An HTTP/2 connection over TLS to `mock`, verified against `ca`.
+async fn connect_h2(ca: &TestCa, mock: &MockUpstream) -> http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(mock.addr())
+        .await
+        .expect("the mock accepts");
+    let tls = TlsConnector::from(ca.client_config())
+        .connect(ServerName::try_from("localhost").expect("a name"), tcp)
+        .await
+        .expect("the TLS handshake verifies against the test CA");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("an HTTP/2 handshake");
     tokio::spawn(connection);
-    sender.send_request(request).await
+    sender
 }
 
 /// The body's data frames, and whether it ended in an error.
@@ -445,19 +475,7 @@ fn tls_serves_http2_and_anthropic_streams() {
     let mock = MockUpstream::start_tls(&ca);
     assert!(mock.base_url().starts_with("https://127.0.0.1:"));
     block_on(async {
-        let tcp = TcpStream::connect(mock.addr())
-            .await
-            .expect("the mock accepts");
-        let tls = TlsConnector::from(ca.client_config())
-            .connect(ServerName::try_from("localhost").expect("a name"), tcp)
-            .await
-            .expect("the TLS handshake verifies against the test CA");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .expect("an HTTP/2 handshake");
-        tokio::spawn(connection);
+        let mut sender = connect_h2(&ca, &mock).await;
 
         let request = |body: Value| {
             Request::post(format!("https://localhost:{}/v1/messages", mock.port()))
