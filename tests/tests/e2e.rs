@@ -20,4 +20,5 @@ mod e2e {
     mod sandbox;
     mod sdk;
     mod store_cli;
+    mod usage_cli;
 }
