@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// krouter-admin: keys, credentials, policy signing and store maintenance for krouter.
+/// krouter-admin: keys, credentials, policy signing, store maintenance and usage reports for krouter.
 #[derive(Debug, Parser)]
 #[command(name = "krouter-admin", version, about, long_about = None)]
 pub struct Cli {
@@ -37,6 +37,8 @@ pub enum Noun {
     /// The store's append-only audit log: list, verify.
     #[command(subcommand)]
     Audit(AuditVerb),
+    /// Requests, errors, tokens and latency from the proxy's state database (read-only).
+    Usage(UsageArgs),
 }
 
 /// `krouter-admin keys ...`
@@ -175,6 +177,32 @@ pub enum AuditVerb {
     Verify,
 }
 
+/// Arguments of `usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// How far back to look: a number and a unit, such as 30m, 24h, 7d or 2w.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub since: String,
+    /// What each row counts.
+    #[arg(long, value_enum, default_value_t = UsageBy::Model)]
+    pub by: UsageBy,
+}
+
+/// The groupings `usage --by` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageBy {
+    /// The caller's API key id.
+    Key,
+    /// The key's policy group.
+    Group,
+    /// The model the client asked for.
+    Model,
+    /// The provider that answered.
+    Provider,
+    /// The UTC date.
+    Day,
+}
+
 /// `krouter-admin policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyVerb {
@@ -287,9 +315,13 @@ mod tests {
             &["krouter-admin", "store", "backup", "--out", "b.sqlite"],
             &["krouter-admin", "audit", "list"],
             &["krouter-admin", "audit", "verify"],
+            &["krouter-admin", "usage"],
+            &["krouter-admin", "usage", "--since", "24h", "--by", "key"],
+            &["krouter-admin", "usage", "--by", "day", "--json"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }
         assert!(Cli::try_parse_from(["krouter-admin", "policy", "sign", "p.toml"]).is_err());
+        assert!(Cli::try_parse_from(["krouter-admin", "usage", "--by", "week"]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Dispatch from the parsed command line to one function per verb. Every verb that changes
-//! the store runs in one store transaction that also appends its audit row.
+//! the store runs in one store transaction that also appends its audit row; `usage` only
+//! reads the proxy's state database.
 
 mod audit;
 mod credentials;
@@ -7,6 +8,7 @@ mod init;
 mod keys;
 mod policy;
 mod store;
+mod usage;
 
 use krouter_config::secret::load::Vars;
 use krouter_config::store::AuditEntry;
@@ -60,6 +62,7 @@ pub fn run(cli: &Cli, vars: &Vars) -> Result<Outcome, Error> {
                 AuditVerb::Verify => audit::verify(&ctx),
             }
         }
+        Noun::Usage(args) => usage::report(&Context::new(vars)?, args),
     }
 }
 

@@ -13,6 +13,10 @@ use serde::{Serialize, Serializer};
 
 use crate::error::Error;
 
+mod usage;
+
+pub use usage::{RowName, UsageLine, UsageOutcome};
+
 /// What a successful command reports.
 #[derive(Debug, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -143,6 +147,8 @@ pub enum Outcome {
         /// Rows that verified.
         rows: usize,
     },
+    /// `usage`.
+    Usage(UsageOutcome),
 }
 
 /// A new API key, shown exactly once. `Debug` is redacted; only serialization exposes it.
@@ -431,6 +437,7 @@ fn human(outcome: &Outcome) -> String {
                 .collect(),
         ),
         Outcome::AuditVerified { rows } => format!("audit log OK: {rows} row(s), chain intact"),
+        Outcome::Usage(usage) => usage.human(),
     }
 }
 

@@ -74,6 +74,19 @@ pub enum Error {
     /// The store refused an operation or failed a check.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The state database was written by a newer krouter than this build: reports refuse
+    /// to guess at a schema they do not know.
+    #[error(
+        "{path}: the state database's schema version is {found}, this build knows {known}; use a krouter-admin from the same release as the proxy"
+    )]
+    StateSchema {
+        /// The state database.
+        path: PathBuf,
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
     /// The audit chain does not verify.
     #[error("{path}: {what}")]
     Audit {

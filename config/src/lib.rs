@@ -4,8 +4,8 @@
 //! ([`home`]), settings from `krouter.toml` and `KROUTER_*` ([`settings`]), the secrets and
 //! where they come from ([`secret`]), client API keys and their digests ([`apikey`]), the
 //! encrypted store with its read-only reader and transactional writer ([`store`]), the signed
-//! policy on disk ([`policy_files`]), the proxy's state database ([`state`]) and the careful
-//! file writes all of it needs ([`fs`]).
+//! policy on disk ([`policy_files`]), the proxy's state database ([`state`]) and the usage
+//! reports read from it ([`usage`]), and the careful file writes all of it needs ([`fs`]).
 //!
 //! It must never print, log or `Debug` a secret, and the proxy must never be handed a store
 //! writer.
@@ -19,6 +19,7 @@ pub mod secret;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod usage;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -23,7 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 /// The newest state schema this build knows.
-const KNOWN: i64 = 3;
+pub(crate) const KNOWN: i64 = 3;
 
 /// One request's metadata: never content, never key material.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,19 +151,10 @@ impl StateDb {
     /// The last accepted policy recorded at `path`, reading without writing anything (for
     /// `krouter check`); `None` when there is no state database yet.
     pub fn read_accepted(path: &Path) -> Result<Option<AcceptedPolicy>, Error> {
-        if !path.exists() {
-            return Ok(None);
+        match open_read_only(path)? {
+            Some((conn, _version)) => accepted(&conn, path),
+            None => Ok(None),
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|e| sqlite(path, "open the state database read-only", e))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sqlite(path, "read the schema version", e))?;
-        if version == 0 {
-            return Ok(None);
-        }
-        accepted(&conn, path)
     }
 
     /// The last accepted policy, if any.
@@ -472,6 +463,24 @@ impl StateDb {
         rows.collect::<Result<_, _>>()
             .map_err(|e| sqlite(path, "read the request rows", e))
     }
+}
+
+/// Opens `path` read-only, never creating or migrating it, and reads its schema version;
+/// `None` when there is no state database yet (no file, or a file the proxy has not yet
+/// given a schema).
+pub(crate) fn open_read_only(path: &Path) -> Result<Option<(Connection, i64)>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sqlite(path, "open the state database read-only", e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| sqlite(path, "set the busy timeout", e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sqlite(path, "read the schema version", e))?;
+    Ok((version != 0).then_some((conn, version)))
 }
 
 fn accepted(conn: &Connection, path: &Path) -> Result<Option<AcceptedPolicy>, Error> {

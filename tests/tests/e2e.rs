@@ -21,4 +21,5 @@ mod e2e {
     mod sandbox;
     mod sdk;
     mod store_cli;
+    mod usage_cli;
 }
