@@ -25,11 +25,14 @@ const PREFIX: &str = "KROUTER_";
 const NOT_SETTINGS: &[&str] = &["KROUTER_HOME"];
 /// The default client listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:20128";
+/// The default metrics listener.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:20129";
 
 /// Validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     log_format: LogFormat,
     upstream_ca_file: Option<PathBuf>,
     require_sandbox: bool,
@@ -50,6 +53,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     log_format: Option<String>,
     upstream_ca_file: Option<String>,
     require_sandbox: Option<RawFlag>,
@@ -97,6 +101,7 @@ impl Settings {
 
         for (field, value) in [
             ("listen", &raw.listen),
+            ("metrics_listen", &raw.metrics_listen),
             ("log_format", &raw.log_format),
             ("upstream_ca_file", &raw.upstream_ca_file),
         ] {
@@ -114,6 +119,26 @@ impl Settings {
             field: "listen".to_owned(),
             what: "not an address:port such as \"127.0.0.1:20128\" or \"[::1]:20128\"".to_owned(),
         })?;
+        let metrics_listen = match raw
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+        {
+            "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| Error::Settings {
+                origin: origin("metrics_listen"),
+                field: "metrics_listen".to_owned(),
+                what: "not an address:port such as \"127.0.0.1:20129\", or \"off\"".to_owned(),
+            })?),
+        };
+        if metrics_listen.is_some_and(|m| m.port() != 0 && m.port() == listen.port()) {
+            return Err(Error::Settings {
+                origin: origin("metrics_listen"),
+                field: "metrics_listen".to_owned(),
+                what: "uses the client listener's port; metrics need a listener of their own"
+                    .to_owned(),
+            });
+        }
         let log_format = match raw.log_format.as_deref().unwrap_or("json") {
             "json" => LogFormat::Json,
             "pretty" => LogFormat::Pretty,
@@ -157,6 +182,7 @@ impl Settings {
         };
         Ok(Self {
             listen,
+            metrics_listen,
             log_format,
             upstream_ca_file,
             require_sandbox,
@@ -166,6 +192,12 @@ impl Settings {
     /// The client listener (default `127.0.0.1:20128`).
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The Prometheus metrics listener (default `127.0.0.1:20129`); `None` when turned off
+    /// with `metrics_listen = "off"`.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics_listen
     }
 
     /// The log format (default JSON).
@@ -192,6 +224,7 @@ impl Settings {
              # posture either (that is the signed policy). Each key can be overridden by a\n\
              # KROUTER_<KEY> variable, e.g. KROUTER_LISTEN.\n\
              listen = \"{DEFAULT_LISTEN}\"\n\
+             metrics_listen = \"{DEFAULT_METRICS_LISTEN}\"   # Prometheus /metrics; \"off\" for none\n\
              log_format = \"json\"   # or \"pretty\"\n\
              # upstream_ca_file = \"certs/upstream-ca.pem\"   # extra CA for upstream TLS\n\
              # require_sandbox = true   # refuse to serve unless the sandbox is fully enforced\n"

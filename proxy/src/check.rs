@@ -18,6 +18,14 @@ pub fn report(loaded: &Loaded) -> String {
     let _ = writeln!(out, "krouter configuration OK");
     let _ = writeln!(out, "  home        {}", loaded.home.root().display());
     let _ = writeln!(out, "  listen      {}", loaded.settings.listen());
+    let _ = writeln!(
+        out,
+        "  metrics     {}",
+        loaded
+            .settings
+            .metrics_listen()
+            .map_or_else(|| "off".to_owned(), |m| format!("{m} (/metrics)"))
+    );
     let _ = writeln!(out, "  log format  {}", loaded.settings.log_format());
     let _ = writeln!(
         out,

@@ -331,6 +331,25 @@ impl UpstreamFailure {
         }
     }
 
+    /// A short name for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::AddressRefused => "address_refused",
+            Self::Timeout => "timeout",
+            Self::ServerError(_) => "server_error",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Redirect => "redirect",
+            Self::OversizedError => "oversized_error",
+            Self::Credential => "credential",
+            Self::CredentialRefused => "credential_refused",
+            Self::Broken => "broken",
+            Self::EmptyStream => "empty_stream",
+            Self::StreamError => "stream_error",
+            Self::NoContentInTime => "no_content_in_time",
+        }
+    }
+
     /// Whether the same target is tried again (within `[resilience] retries` and
     /// `retry_budget_ms`): only when the request got no response at all, refused or reset
     /// before a head (the SSRF guard's refusal is not retried: it would refuse again).

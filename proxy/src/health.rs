@@ -176,6 +176,27 @@ impl Health {
         self.tracked.store(table.len(), Ordering::Release);
     }
 
+    /// Every target that is not available at `now_ms`, with its state: `open`, `half_open`
+    /// or `resting` (a target can be in more than one), for metrics.
+    pub fn states(&self, now_ms: i64) -> Vec<(String, String, &'static str)> {
+        if self.tracked() == 0 {
+            return Vec::new();
+        }
+        let mut states = Vec::new();
+        for ((provider, model), entry) in self.lock().iter() {
+            let mut add = |state| states.push((provider.clone(), model.clone(), state));
+            match entry.open_until {
+                Some(until) if until > now_ms => add("open"),
+                Some(_) => add("half_open"),
+                None => {}
+            }
+            if entry.cool_until.is_some_and(|until| until > now_ms) {
+                add("resting");
+            }
+        }
+        states
+    }
+
     /// Targets tracked (not healthy), for tests and metrics.
     pub fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Acquire)

@@ -31,6 +31,7 @@ pub mod health;
 pub mod limits;
 pub mod lockout;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod recorder;
 pub mod reload;
@@ -123,6 +124,7 @@ pub async fn run(
         limits: Limits::default(),
         health,
         budgets,
+        metrics: metrics::Metrics::new(),
     });
 
     let listener = TcpListener::bind(listen)
@@ -131,6 +133,21 @@ pub async fn run(
     let bound: SocketAddr = listener
         .local_addr()
         .map_err(|source| Error::Bind { listen, source })?;
+    let metrics_listener = match settings.metrics_listen() {
+        None => None,
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|source| Error::Bind { listen: at, source })?,
+        ),
+    };
+    let metrics_bound = match &metrics_listener {
+        None => None,
+        Some(listener) => Some(listener.local_addr().map_err(|source| Error::Bind {
+            listen: settings.metrics_listen().unwrap_or(bound),
+            source,
+        })?),
+    };
     let watcher = Watcher::new(home, &vars, listen, store, state, store_version)
         .with_sandbox_connect(sandbox_connect)
         .spawn(Arc::clone(&shared))
@@ -139,12 +156,24 @@ pub async fn run(
             source,
         })?;
     let tidy = tokio::spawn(tidy(Arc::clone(&shared)));
-    tracing::info!(addr = %bound, policy_serial = serial, version = VERSION, "listening");
+    let scrapes = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(listener, Arc::clone(&shared))));
+    tracing::info!(
+        addr = %bound,
+        metrics_addr = metrics_bound.map(|a| a.to_string()),
+        policy_serial = serial,
+        version = VERSION,
+        "listening"
+    );
 
     serve::run(listener, Arc::clone(&shared), shutdown).await;
 
     tidy.abort();
     let _aborted = tidy.await;
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+        let _aborted = scrapes.await;
+    }
     watcher.stop();
     let dropped = shared.recorder.dropped();
     drop(shared);

@@ -40,6 +40,7 @@ use crate::error::Reject;
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::lockout::Lockouts;
+use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::respond;
 use crate::snapshot::Live;
@@ -74,6 +75,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// The groups' token budgets.
     pub budgets: Budgets,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 /// How the stages ended, short of a rejection.

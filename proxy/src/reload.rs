@@ -233,10 +233,12 @@ impl Watcher {
                     "policy applied"
                 );
                 shared.live.store(current.with_policy(policy));
+                shared.metrics.reload(true);
                 self.refused_stamp = None;
             }
             Err(reason) => {
                 if self.refused_stamp.as_ref() != Some(&stamp) {
+                    shared.metrics.reload(false);
                     tracing::warn!(
                         reason,
                         serial_in_force = current.policy().serial().get(),

@@ -159,7 +159,8 @@ impl Plan {
     ///   store), `secrets/` (the storage key, read again after `store rekey`), the directory
     ///   of the storage key file, `certs/`, `upstream_ca_file`, and `found`;
     /// - read and write: `state/` only;
-    /// - bind: the listen port; connect: `upstream_ports` and [`DNS_PORT`].
+    /// - bind: the listen port and the metrics port; connect: `upstream_ports` and
+    ///   [`DNS_PORT`].
     pub fn new(
         home: &KrouterHome,
         settings: &Settings,
@@ -196,7 +197,8 @@ impl Plan {
         paths.extend(found);
         Self::from_parts(
             paths,
-            [settings.listen().port()],
+            std::iter::once(settings.listen().port())
+                .chain(settings.metrics_listen().map(|m| m.port())),
             upstream_ports.iter().copied(),
         )
     }

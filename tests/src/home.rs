@@ -24,6 +24,14 @@ impl TempHome {
         let home = Self { _dir: dir, root };
         let run = home.admin(&["init"]);
         assert_eq!(run.code, 0, "{run:?}");
+        // Metrics on a port of their own choosing, so that tests can run side by side.
+        let settings = home.root.join("krouter.toml");
+        let text = fs::read_to_string(&settings).expect("init writes krouter.toml");
+        let text = text.replace(
+            "metrics_listen = \"127.0.0.1:20129\"",
+            "metrics_listen = \"127.0.0.1:0\"",
+        );
+        fs::write(&settings, text).expect("krouter.toml is writable");
         home
     }
 

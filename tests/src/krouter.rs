@@ -15,6 +15,8 @@ pub struct Krouter {
     child: Option<Child>,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address its metrics listener listens on, when it has one.
+    pub metrics: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -72,9 +74,14 @@ impl Krouter {
         let addr = json_str(&line, "addr")
             .parse()
             .expect("the listening line carries the address");
+        let metrics = line
+            .contains("\"metrics_addr\":")
+            .then(|| json_str(&line, "metrics_addr").parse().ok())
+            .flatten();
         Self {
             child: Some(child),
             addr,
+            metrics,
             log,
         }
     }

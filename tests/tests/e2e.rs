@@ -13,6 +13,7 @@ mod e2e {
     mod attack;
     mod conventions;
     mod edge_access;
+    mod metrics;
     mod policy_cli;
     mod proxy_check;
     mod proxy_live;

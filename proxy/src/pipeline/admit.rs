@@ -88,6 +88,7 @@ pub fn caller(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<()
                 "authentication failed"
             );
             if let Failure::Locked(lock) = failure {
+                shared.metrics.lockout();
                 tracing::warn!(
                     client = %client,
                     failures = access.lockout().max_failures(),

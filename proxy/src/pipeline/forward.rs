@@ -120,10 +120,12 @@ pub async fn first_answer(
             let failure = match result {
                 Ok(answer) => {
                     pass.report(key, Outcome::Answered, breaker, &shared.recorder);
+                    shared.metrics.attempt(key.0, "answered");
                     return Ok(answer);
                 }
                 Err(failure) => failure,
             };
+            shared.metrics.attempt(key.0, failure.name());
             pass.report(
                 key,
                 failure.outcome(resilience.rate_limit_cooldown()),

@@ -15,6 +15,7 @@ use crate::error::{Origin, Reject};
 /// Logs and records the request, and charges its tokens to its group's budgets.
 pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
     let recorder = &shared.recorder;
+    shared.metrics.request(ctx, reject);
     if let Some(group) = ctx.caller.as_ref().and_then(|c| c.group.as_deref()) {
         let tokens = ctx
             .usage
