@@ -14,7 +14,8 @@ Environment:
   KROUTER_ANTHROPIC_UPSTREAM       the upstream model that route targets
 
 and routes `openai-fail-<status>` / `anthropic-fail-<status>` (400, 429, 500) to the mock's
-failing models `fail-<status>` on the same two providers.
+failing models `fail-<status>` on the same two providers, and `openai-stream-cut` to the
+mock's `stream-cut` (a stream aborted after its first content).
 
 Arguments, if any, name the check functions to run; without any, every check in CHECKS
 runs (not those in KNOWN_BUGS, which run only when named).
@@ -151,6 +152,25 @@ def openai_chat_stream() -> None:
     expect_eq(len(usages), 1, "chunks with usage")
     expect_eq(usages[0].prompt_tokens, 11, "usage.prompt_tokens")
     expect_eq(usages[0].completion_tokens, 7, "usage.completion_tokens")
+
+
+def openai_stream_failure() -> None:
+    pieces: list[str] = []
+    try:
+        stream = oai.chat.completions.create(
+            model="openai-stream-cut", messages=CHAT, stream=True
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    pieces.append(choice.delta.content)
+    except openai.APIStatusError as error:
+        raise CheckFailed(f"got a status error ({error.status_code}), want a stream error") from error
+    except openai.APIError as error:
+        expect("failed part-way" in str(error), f"error message: {error}")
+        expect(len(pieces) > 0, "no content before the error")
+        return
+    raise CheckFailed(f"the cut stream ended silently after {pieces!r}")
 
 
 def openai_embeddings() -> None:
@@ -421,6 +441,7 @@ def anthropic_sdk_request_id() -> None:
 CHECKS: list[tuple[str, Callable[[], None]]] = [
     ("openai chat.completions.create", openai_chat),
     ("openai chat.completions.create stream + include_usage", openai_chat_stream),
+    ("openai stream cut after content -> APIError", openai_stream_failure),
     ("openai embeddings.create", openai_embeddings),
     ("openai responses.create", openai_responses),
     ("openai responses.stream", openai_responses_stream),

@@ -84,9 +84,10 @@ fn the_plan_reads_the_configuration_and_writes_only_the_state_directory() {
     // Nothing else: not the home itself, not the temp directory.
     assert_eq!(plan.paths().len(), 9, "{:#?}", plan.paths());
     assert_eq!(rule(&plan, "/srv/k"), None);
+    // The client port and the metrics port (the default, 20129).
     assert_eq!(
         plan.bind_ports().iter().copied().collect::<Vec<_>>(),
-        [8443]
+        [8443, 20129]
     );
     assert_eq!(
         plan.connect_ports().iter().collect::<Vec<_>>(),
@@ -94,7 +95,7 @@ fn the_plan_reads_the_configuration_and_writes_only_the_state_directory() {
     );
     assert_eq!(
         plan.to_string(),
-        "9 path rule(s), bind TCP 8443, connect TCP 53, 443, 11434"
+        "9 path rule(s), bind TCP 8443, 20129, connect TCP 53, 443, 11434"
     );
 }
 
@@ -102,6 +103,12 @@ fn the_plan_reads_the_configuration_and_writes_only_the_state_directory() {
 fn a_minimal_plan_still_allows_dns_and_nothing_more() {
     let plan = Plan::new(&KrouterHome::at("/h"), &settings(""), None, &[], Vec::new());
     assert_eq!(plan.connect_ports().iter().collect::<Vec<_>>(), [DNS_PORT]);
+    assert_eq!(
+        plan.bind_ports().iter().copied().collect::<Vec<_>>(),
+        [20128, 20129]
+    );
+    let off = settings("metrics_listen = \"off\"\n");
+    let plan = Plan::new(&KrouterHome::at("/h"), &off, None, &[], Vec::new());
     assert_eq!(
         plan.bind_ports().iter().copied().collect::<Vec<_>>(),
         [20128]

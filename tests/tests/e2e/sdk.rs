@@ -149,7 +149,11 @@ impl Stack {
             .credential(Some(credential.clone()))
             .start();
         // Routes to the mock's failing models, for the SDKs' error types.
-        let mut failing = String::new();
+        // A stream the upstream aborts after its first content: krouter ends it with the
+        // dialect's error event, which the SDK must raise.
+        let mut failing = String::from(
+            "\n[[routes]]\nmodel = \"openai-stream-cut\"\ntargets = [\"compat:stream-cut\"]\n",
+        );
         for status in [400, 429, 500] {
             failing.push_str(&format!(
                 r#"
