@@ -104,9 +104,11 @@ pub fn run(plan: &Plan, home: &KrouterHome, prepared: &Prepared) -> Report {
         outcome: refused_connect(prepared.refused),
     });
     checks.push(Check {
-        what: "bind a TCP port other than the listen port".to_owned(),
+        what: "bind a TCP port other than the listen and metrics ports".to_owned(),
         outcome: if plan.bind_ports().contains(&0) {
-            Outcome::Skipped("the listen port is 0, so any ephemeral port may be bound".to_owned())
+            Outcome::Skipped(
+                "the listen or metrics port is 0, so any ephemeral port may be bound".to_owned(),
+            )
         } else {
             refused_bind()
         },

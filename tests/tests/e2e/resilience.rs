@@ -342,8 +342,17 @@ fn streams_without_content_fall_back_and_a_failure_after_content_ends_with_an_er
     assert_eq!(attempts(&krouter, &reply), 1);
     replies.push(reply);
 
+    // Nothing is left hanging upstream: the two streams given up before content and the
+    // two ended after it were closed by krouter (the mock saw their clients go).
+    assert!(
+        a.wait_cancelled(4, Duration::from_secs(2)),
+        "upstream streams left open: {} cancelled",
+        a.cancelled()
+    );
+    let stopping = Instant::now();
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
+    assert!(stopping.elapsed() < Duration::from_secs(5), "{log}");
     assert_nothing_leaked(
         &home,
         &log,

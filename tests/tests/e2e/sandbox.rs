@@ -243,7 +243,10 @@ fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
     let run = run(krouter_command(
         &home,
         &["check", "--sandbox"],
-        &[("KROUTER_LISTEN", "127.0.0.1:20199")],
+        &[
+            ("KROUTER_LISTEN", "127.0.0.1:20199"),
+            ("KROUTER_METRICS_LISTEN", "127.0.0.1:20198"),
+        ],
     ));
     assert_eq!(run.code, 0, "{run:?}");
     let root = home.root.display().to_string();
@@ -252,7 +255,7 @@ fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
         "sandbox: fully enforced".to_owned(),
         format!("  read-write  {root}/state (the state database)"),
         format!("  read        {root}/db (the store)"),
-        "  bind TCP    20199".to_owned(),
+        "  bind TCP    20198, 20199".to_owned(),
         "  connect TCP 53, 11434, 20129".to_owned(),
         format!("  ok    create a file in {root}/policy: refused (permission denied)"),
         format!("  ok    create a file in {root}: refused (permission denied)"),
@@ -260,7 +263,7 @@ fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
         format!("  ok    create a directory in {root}/state: refused (permission denied)"),
         "  ok    run a program: refused (permission denied)".to_owned(),
         "a port the sandbox does not allow: refused (permission denied)".to_owned(),
-        "  ok    bind a TCP port other than the listen port: refused (permission denied)"
+        "  ok    bind a TCP port other than the listen and metrics ports: refused (permission denied)"
             .to_owned(),
         format!("  ok    write and remove a file in {root}/state: written and removed"),
         "  ok    read the policy and list the trusted keys: read".to_owned(),
