@@ -7,8 +7,10 @@
 //! `total_requests` counts every request that completed, warm-up included, for dividing the
 //! proxy's CPU time by.
 //!
-//! With `--sse` it also times the first server-sent event: from sending the request to the
-//! first body chunk that contains `data:`.
+//! With `--sse` it also times the first server-sent event with content: from sending the
+//! request to the first body chunk that holds a non-empty `"content":"..."` (the role-only
+//! chunk an OpenAI stream opens with does not count: krouter holds a stream until its first
+//! content, so that is what a client waits for either way).
 //!
 //! Prints one flat JSON object on stdout:
 //! `{"connections":N,"duration_s":..,"requests":..,"total_requests":..,"errors":..,"rps":..,
@@ -39,7 +41,7 @@ usage: krouter-load --url http://HOST:PORT/PATH [options]
   --header 'K: V'     a request header; repeatable
   --body TEXT         the request body (POST; content-type application/json unless given)
   --method M          the request method (default POST with a body, GET without)
-  --sse               also time the first server-sent event (first chunk with \"data:\")
+  --sse               also time the first server-sent event with content (a non-empty \"content\")
   --timeout D         one request's limit; a request over it is an error (default 30s)";
 
 /// What to send and for how long.
@@ -244,7 +246,7 @@ async fn exchange(
     let status = response.status();
     let mut body = response.into_body();
     let mut ttfe = None;
-    // The end of the previous chunk, in case "data:" straddles two chunks.
+    // The end of the previous chunk, in case the content marker straddles two chunks.
     let mut tail: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -256,10 +258,10 @@ async fn exchange(
             && ttfe.is_none()
         {
             tail.extend_from_slice(data);
-            if contains(&tail, b"data:") {
+            if content_begins(&tail) {
                 ttfe = Some(sent.elapsed());
             } else {
-                let keep = tail.len().saturating_sub(4);
+                let keep = tail.len().saturating_sub(CONTENT.len());
                 tail.drain(..keep);
             }
         }
@@ -273,10 +275,14 @@ async fn exchange(
     Outcome::Done(ttfe)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
+/// What opens a content delta in an OpenAI stream chunk.
+const CONTENT: &[u8] = b"\"content\":\"";
+
+/// Whether `bytes` hold a content delta with at least one character.
+fn content_begins(bytes: &[u8]) -> bool {
+    bytes
+        .windows(CONTENT.len() + 1)
+        .any(|window| window.starts_with(CONTENT) && window.last() != Some(&b'"'))
 }
 
 fn micros(duration: Duration) -> u32 {
