@@ -1,7 +1,7 @@
 //! `krouter-demo-upstream [--listen ADDR]`: the mock upstream of the test harness as a
 //! standalone server, for the quickstart and for benchmarks.
 //!
-//! Serves plain HTTP (HTTP/1.1 and HTTP/2) on `ADDR` (default `127.0.0.1:20129`), accepts any
+//! Serves plain HTTP (HTTP/1.1 and HTTP/2) on `ADDR` (default `127.0.0.1:20130`), accepts any
 //! credential, records nothing and logs nothing, until SIGTERM or SIGINT. Exit codes: 0 after
 //! a signal, 1 when the address cannot be bound, 64 for bad arguments.
 
@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use krouter_tests::upstream;
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: krouter-demo-upstream [--listen ADDR]   (default 127.0.0.1:20129)";
-const DEFAULT_LISTEN: &str = "127.0.0.1:20129";
+const USAGE: &str = "usage: krouter-demo-upstream [--listen ADDR]   (default 127.0.0.1:20130)";
+const DEFAULT_LISTEN: &str = "127.0.0.1:20130";
 
 fn main() -> ExitCode {
     let listen = match parse(std::env::args().skip(1)) {

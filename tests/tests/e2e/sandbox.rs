@@ -256,7 +256,7 @@ fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
         format!("  read-write  {root}/state (the state database)"),
         format!("  read        {root}/db (the store)"),
         "  bind TCP    20198, 20199".to_owned(),
-        "  connect TCP 53, 11434, 20129".to_owned(),
+        "  connect TCP 53, 11434, 20130".to_owned(),
         format!("  ok    create a file in {root}/policy: refused (permission denied)"),
         format!("  ok    create a file in {root}: refused (permission denied)"),
         "  ok    create a file in /tmp: refused (permission denied)".to_owned(),

@@ -321,3 +321,53 @@ fn usage_reads_what_a_serving_proxy_records() {
     assert!(status.success(), "{log}");
     assert!(log.contains("\"metadata_rows_dropped\":0"), "{log}");
 }
+
+#[test]
+fn a_no_log_group_is_only_counted_by_day_and_the_report_adds_it_in() {
+    let home = Home::init();
+    let upstream = MockUpstream::start();
+    let text = format!(
+        "serial = 2\n\n[access]\nrequire_api_keys = true\n\n[[access.groups]]\nname = \"default\"\n\
+         models = [\"*\"]\n\n[[access.groups]]\nname = \"private\"\nmodels = [\"*\"]\nno_log = true\n\n\
+         [[providers]]\nname = \"mock\"\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n\n\
+         [[routes]]\nmodel = \"chat\"\ntargets = [\"mock:real-model\"]\n",
+        upstream.base_url()
+    );
+    home.write_policy(&text);
+    let run = home.admin(&[
+        "--json", "keys", "create", "--label", "p", "--group", "private",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let key = krouter_tests::home::json_field(&run.stdout, "secret");
+    let krouter = Krouter::spawn(&home, &[]);
+    let url = krouter.url("/v1/chat/completions");
+    let chat = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..2 {
+        assert_eq!(post(&url, Some(&key), chat).status, 200);
+    }
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+
+    // No request row, no key id: only the day's counters.
+    let state = home.root.join("state/state.sqlite");
+    let conn = Connection::open_with_flags(&state, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    let (requests, tokens_in, tokens_out): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT requests, tokens_in, tokens_out FROM usage_aggregates WHERE key_group = 'private' AND model = 'chat' AND provider = 'mock'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((requests, tokens_in, tokens_out), (2, 22, 14));
+    drop(conn);
+    let run = home.admin(&["usage", "--by", "group", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let body = json(&run);
+    assert_eq!(body["total"]["requests"], 2, "{body}");
+    assert_eq!(body["rows"][0]["group"], "private", "{body}");
+    assert_eq!(body["rows"][0]["tokens_out"], 14, "{body}");
+}
