@@ -67,6 +67,15 @@ pub struct Calendar {
     next_month_ms: i64,
 }
 
+/// Whether the caller's group has a token budget in the policy in force.
+pub fn applies(ctx: &crate::ctx::RequestCtx) -> bool {
+    ctx.caller
+        .as_ref()
+        .and_then(|c| c.group.as_deref())
+        .and_then(|g| ctx.snapshot.policy().access().group(g))
+        .is_some_and(|g| g.tokens_per_day().is_some() || g.tokens_per_month().is_some())
+}
+
 // === impl Budgets ===
 
 impl Budgets {

@@ -44,6 +44,9 @@ pub struct RequestCtx {
     pub first_byte: Option<Duration>,
     /// Token usage read from the response.
     pub usage: Usage,
+    /// Whether krouter asked the upstream for stream usage the client did not ask for: the
+    /// relay then hides the usage-only chunk.
+    pub hide_usage_chunk: bool,
     /// Whether the response body ended early (client gone, upstream broke, timeout).
     pub cut_short: Option<&'static str>,
     /// The browser origin, when the policy's `cors_origins` allows it: the response says so.
@@ -89,6 +92,7 @@ impl RequestCtx {
             status: 0,
             first_byte: None,
             usage: Usage::default(),
+            hide_usage_chunk: false,
             cut_short: None,
         }
     }

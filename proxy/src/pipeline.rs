@@ -152,7 +152,10 @@ async fn stages(
         let list = route::models(ctx);
         return Ok(Outcome::Answered(respond::json(StatusCode::OK, list, ctx)));
     }
-    let inference = inspect::body(body, endpoint, ctx).await?;
+    let mut inference = inspect::body(body, endpoint, ctx).await?;
+    if crate::budget::applies(ctx) {
+        ctx.hide_usage_chunk = inference.count_usage();
+    }
     let targets = route::targets(&inference, ctx, &shared.health)?;
     let answer = forward::first_answer(&inference, &targets, &parts, ctx, shared).await?;
     Ok(Outcome::Upstream(answer))

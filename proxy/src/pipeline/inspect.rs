@@ -42,6 +42,8 @@ pub struct Inference {
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// Whether `stream_options.include_usage` is added upstream ([`Inference::count_usage`]).
+    pub usage_added: bool,
     /// The body as received; the fields below are ranges into it, so a large prompt is
     /// held once, not copied per field.
     body: Bytes,
@@ -215,6 +217,7 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
         endpoint,
         model,
         stream,
+        usage_added: false,
         body,
         fields: ranges,
     })
@@ -223,8 +226,29 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
 // === impl Inference ===
 
 impl Inference {
+    /// Asks the upstream for the stream's usage, so that a token budget can be charged: an
+    /// OpenAI chat completion stream reports usage only with `stream_options.include_usage`.
+    /// Added to a streaming chat completion whose `stream_options` are absent or an object
+    /// without `include_usage: true` (other options kept); returns whether it was added, in
+    /// which case the relay hides the extra usage chunk from the client.
+    pub fn count_usage(&mut self) -> bool {
+        let options = self
+            .fields
+            .iter()
+            .find(|(key, _)| key == "stream_options")
+            .and_then(|(_, range)| self.body.get(range.clone()));
+        let asks = match options {
+            None => true,
+            Some(raw) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw)
+                .is_ok_and(|map| map.get("include_usage") != Some(&serde_json::Value::Bool(true))),
+        };
+        self.usage_added = self.endpoint == Endpoint::ChatCompletions && self.stream && asks;
+        self.usage_added
+    }
+
     /// The body to send upstream: the client's fields in their order and exact bytes, with
-    /// `model` replaced by `upstream_model`.
+    /// `model` replaced by `upstream_model` (and `stream_options` added when
+    /// [`Inference::count_usage`] said so).
     pub fn body_for(&self, upstream_model: &str) -> Bytes {
         let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = Vec::with_capacity(size + upstream_model.len() + 2);
@@ -238,9 +262,20 @@ impl Inference {
             out.push(b':');
             if key == "model" {
                 let _ = serde_json::to_writer(&mut out, upstream_model);
+            } else if key == "stream_options"
+                && self.usage_added
+                && let Some(mut options) = self.body.get(value.clone()).and_then(|raw| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw).ok()
+                })
+            {
+                options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+                let _ = serde_json::to_writer(&mut out, &options);
             } else if let Some(raw) = self.body.get(value.clone()) {
                 out.extend_from_slice(raw);
             }
+        }
+        if self.usage_added && !self.fields.iter().any(|(key, _)| key == "stream_options") {
+            out.extend_from_slice(b",\"stream_options\":{\"include_usage\":true}");
         }
         out.push(b'}');
         Bytes::from(out)
@@ -298,6 +333,41 @@ mod tests {
             inference.body_for("real-model"),
             Bytes::from_static(br#"{"model":"real-model","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#)
         );
+    }
+
+    #[test]
+    fn usage_is_asked_for_only_where_a_stream_would_not_report_it() {
+        let with = |body: &'static [u8], endpoint| {
+            let mut inference = parse(Bytes::from_static(body), endpoint).unwrap();
+            let added = inference.count_usage();
+            (
+                added,
+                String::from_utf8(inference.body_for("up").to_vec()).unwrap(),
+            )
+        };
+        assert_eq!(
+            with(br#"{"model":"m","stream":true}"#, CHAT),
+            (
+                true,
+                r#"{"model":"up","stream":true,"stream_options":{"include_usage":true}}"#
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            with(
+                br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#,
+                CHAT
+            ),
+            (
+                true,
+                r#"{"model":"up","stream":true,"stream_options":{"include_usage":true,"x":1}}"#
+                    .to_owned()
+            )
+        );
+        let asked = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(!with(asked, CHAT).0);
+        assert!(!with(br#"{"model":"m"}"#, CHAT).0);
+        assert!(!with(br#"{"model":"m","stream":true}"#, Endpoint::Responses).0);
     }
 
     #[test]

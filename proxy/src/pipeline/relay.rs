@@ -157,6 +157,16 @@ impl RelayBody {
         Some(Bytes::from(std::mem::replace(partial, rest)))
     }
 
+    /// `data` as the client should see it: without the usage-only chunk krouter asked the
+    /// upstream for (see [`RequestCtx::hide_usage_chunk`]); `None` when nothing is left.
+    fn visible(&self, data: Bytes) -> Option<Bytes> {
+        if !self.ctx.hide_usage_chunk || memchr::memmem::find(&data, b"\"usage\"").is_none() {
+            return Some(data);
+        }
+        let kept = without_usage_chunks(&data);
+        (!kept.is_empty()).then(|| Bytes::from(kept))
+    }
+
     /// Notes a frame going to the client.
     fn sent(&mut self, data: &Bytes) {
         if self.ctx.first_byte.is_none() && !data.is_empty() {
@@ -185,7 +195,7 @@ impl RelayBody {
         }
         // What was read before the head went out (the scanner has seen it).
         while let Some(data) = this.held.pop_front() {
-            if let Some(out) = this.whole_events(data) {
+            if let Some(out) = this.whole_events(data).and_then(|d| this.visible(d)) {
                 this.sent(&out);
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
@@ -202,7 +212,7 @@ impl RelayBody {
                     let frame = match frame.into_data() {
                         Ok(data) => {
                             this.scanner.feed(&data);
-                            match this.whole_events(data) {
+                            match this.whole_events(data).and_then(|d| this.visible(d)) {
                                 Some(out) => {
                                     this.sent(&out);
                                     Frame::data(out)
@@ -243,6 +253,44 @@ impl RelayBody {
         }
         Poll::Pending
     }
+}
+
+/// `bytes` (whole server-sent events) without the events whose data is a chunk with no
+/// choices and a usage object: the last chunk of an OpenAI stream with `include_usage`.
+fn without_usage_chunks(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut start, mut at) = (0, 0);
+    while at < bytes.len() {
+        let rest = bytes.get(at..).unwrap_or_default();
+        let end = memchr::memchr(b'\n', rest).map_or(bytes.len(), |i| at + i + 1);
+        let line = bytes.get(at..end).unwrap_or_default();
+        at = end;
+        if line.trim_ascii().is_empty() {
+            let event = bytes.get(start..at).unwrap_or_default();
+            if !is_usage_chunk(event) {
+                out.extend_from_slice(event);
+            }
+            start = at;
+        }
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out
+}
+
+/// Whether one event is a usage-only chat completion chunk.
+fn is_usage_chunk(event: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        choices: Vec<serde::de::IgnoredAny>,
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    let data: Vec<u8> = event
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .flat_map(|value| value.strip_prefix(b" ").unwrap_or(value).iter().copied())
+        .collect();
+    serde_json::from_slice::<Chunk>(data.trim_ascii())
+        .is_ok_and(|chunk| chunk.choices.is_empty() && chunk.usage.is_some())
 }
 
 /// Where the last complete server-sent event in `bytes` ends (just after its blank line), or
@@ -292,5 +340,16 @@ mod tests {
         assert_eq!(events_end(b"data: a\n"), 0);
         assert_eq!(events_end(b""), 0);
         assert_eq!(events_end(b"\n"), 0);
+    }
+
+    #[test]
+    fn only_the_usage_only_chunk_is_hidden() {
+        let text = b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}],\"usage\":null}\n\n";
+        let usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\n\r\n";
+        let done = b"data: [DONE]\n\n";
+        let all = [&text[..], &usage[..], &done[..]].concat();
+        assert_eq!(without_usage_chunks(&all), [&text[..], &done[..]].concat());
+        assert_eq!(without_usage_chunks(text), text.to_vec());
+        assert!(without_usage_chunks(usage).is_empty());
     }
 }

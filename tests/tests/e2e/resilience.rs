@@ -427,9 +427,34 @@ fn a_group_over_its_daily_token_budget_is_refused_until_midnight_and_across_a_re
     assert_eq!(run.code, 0, "{run:?}");
     let other = krouter_tests::home::json_field(&run.stdout, "secret");
     let krouter = Krouter::spawn(&home, &[]);
-    for _ in 0..2 {
-        assert_eq!(complete(&krouter, &key, &chat("chat")).status, 200);
-    }
+    assert_eq!(complete(&krouter, &key, &chat("chat")).status, 200);
+    // A stream that does not ask for usage is charged too: krouter asks the upstream for it
+    // and hides the extra usage chunk from the client.
+    let plain_stream =
+        r#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let streamed = complete(&krouter, &key, plain_stream);
+    assert_eq!(streamed.status, 200, "{streamed:?}");
+    assert!(
+        streamed.body.ends_with("data: [DONE]\n\n"),
+        "{}",
+        streamed.body
+    );
+    assert!(
+        !streamed.body.contains("\"choices\":[]"),
+        "{}",
+        streamed.body
+    );
+    assert!(
+        !streamed.body.contains("prompt_tokens"),
+        "{}",
+        streamed.body
+    );
+    let sent = a.requests().last().unwrap().body.clone();
+    assert!(
+        String::from_utf8_lossy(&sent).ends_with(",\"stream_options\":{\"include_usage\":true}}"),
+        "{}",
+        String::from_utf8_lossy(&sent)
+    );
     let refused = |krouter: &Krouter| {
         let reply = complete(krouter, &key, &chat("chat"));
         assert_eq!(reply.status, 429, "{reply:?}");
