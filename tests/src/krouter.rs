@@ -23,15 +23,22 @@ pub struct Krouter {
 impl Krouter {
     /// Starts `krouter` against `home` with `extra` variables and waits until it listens.
     pub fn spawn(home: &TempHome, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_command(Self::command(home, &[], extra))
+    }
+
+    /// `krouter ARGS` against `home`, listening on port 0, with nothing but the home's
+    /// variables and `extra`.
+    pub fn command(home: &TempHome, args: &[&str], extra: &[(&str, &str)]) -> Command {
         let mut command = Command::new(proxy_path());
         command
+            .args(args)
             .current_dir(home.parent())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(home.env())
             .env("KROUTER_LISTEN", "127.0.0.1:0")
             .envs(extra.iter().copied());
-        Self::spawn_command(command)
+        command
     }
 
     /// Starts a prepared command (for wrappers such as `unshare`) and waits until it listens.

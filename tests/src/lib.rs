@@ -18,3 +18,27 @@ pub mod leak;
 pub mod raw;
 pub mod tls;
 pub mod upstream;
+
+use std::time::{Duration, Instant};
+
+/// Calls `probe` every 50 ms until `done` accepts what it returned; panics after `deadline`
+/// with `what` and the last value seen.
+pub fn eventually<T: std::fmt::Debug>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let seen = probe();
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}; last seen: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use krouter_policy::PolicyDigest;
 use krouter_tests::client::{Reply, post, send};
+use krouter_tests::eventually;
 use krouter_tests::home::{TempHome, json_field};
 use krouter_tests::krouter::{Krouter, policy};
 use krouter_tests::leak::{assert_absent, assert_absent_from_files, fake_secret};
@@ -24,8 +25,6 @@ use rusqlite::{Connection, OpenFlags};
 
 /// How long a live change may take to show in these tests (the design says one second).
 const DEADLINE: Duration = Duration::from_secs(3);
-/// Pause between two probes of a poll.
-const PROBE_GAP: Duration = Duration::from_millis(50);
 /// The serial of the policy every test starts with (`init` wrote serial 1).
 const FIRST_SERIAL: u64 = 2;
 
@@ -101,27 +100,6 @@ fn chat_body(model: &str, prompt: &str, stream: bool) -> String {
         body["stream_options"] = serde_json::json!({"include_usage": true});
     }
     body.to_string()
-}
-
-/// Calls `probe` every [`PROBE_GAP`] until `done` accepts what it returned; panics after
-/// [`DEADLINE`] with `what` and the last value seen.
-fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl FnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let started = Instant::now();
-    loop {
-        let seen = probe();
-        if done(&seen) {
-            return seen;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}; last seen: {seen:?}"
-        );
-        std::thread::sleep(PROBE_GAP);
-    }
 }
 
 /// Replaces `path` with `text` through a rename, so that no reader sees half a file.
@@ -205,6 +183,7 @@ impl Running {
     fn wait_for_line(&self, mark: usize, needles: &[&str]) -> String {
         // The probe's error is the log since `mark`, shown if the line never comes.
         let found = eventually(
+            DEADLINE,
             &format!("a log line with {needles:?}"),
             || {
                 let log = self.krouter.log();
@@ -297,6 +276,7 @@ fn a_key_revoked_while_running_is_refused_within_a_second_and_others_keep_workin
     // Design: refused within one second of the revoke (DEADLINE allows three). The poll
     // ends at the first refusal, so it costs one failed attempt against the address.
     let refused = eventually(
+        DEADLINE,
         "the revoked key refused",
         || live.chat(doomed, "chat"),
         |r| r.status != 200,
@@ -317,6 +297,7 @@ fn a_rotated_key_gives_way_to_its_successor_after_the_grace_period() {
     assert_ne!(&second_id, first_id);
     assert!(out.contains(first_id.as_str()), "names the old key: {out}");
     let reply = eventually(
+        DEADLINE,
         "the successor key accepted",
         || live.chat(&second, "chat"),
         |r| r.status == 200,
@@ -331,6 +312,7 @@ fn a_rotated_key_gives_way_to_its_successor_after_the_grace_period() {
     );
     let (_, third) = id_and_secret(&out);
     let refused = eventually(
+        DEADLINE,
         "the rotated key refused",
         || live.chat(&second, "chat"),
         |r| r.status != 200,
@@ -354,6 +336,7 @@ fn a_key_created_while_running_works_within_a_second() {
     let out = live.store_change(&["--json", "keys", "create", "--label", "late"], None);
     let (_, key) = id_and_secret(&out);
     let reply = eventually(
+        DEADLINE,
         "the new key accepted",
         || live.chat(&key, "chat"),
         |r| r.status == 200,
@@ -394,6 +377,7 @@ fn a_credential_set_or_removed_while_running_takes_effect_within_a_second() {
         Some(right.as_bytes()),
     );
     let reply = eventually(
+        DEADLINE,
         "the new credential used",
         || live.chat(&key, "chat"),
         |r| r.status == 200,
@@ -418,6 +402,7 @@ fn a_credential_set_or_removed_while_running_takes_effect_within_a_second() {
         ],
     );
     let reply = eventually(
+        DEADLINE,
         "the removed credential missed",
         || live.chat(&key, "chat"),
         |r| r.status != 200,
@@ -455,6 +440,7 @@ fn a_new_signed_policy_is_applied_within_a_second_and_recorded() {
         "{line}"
     );
     let reply = eventually(
+        DEADLINE,
         "the new route served",
         || live.chat(key, "second"),
         |r| r.status == 200,
@@ -513,6 +499,7 @@ fn a_refused_policy_keeps_the_last_good_one(break_it: impl FnOnce(&Running, &str
     let fixed = mock_policy(FIRST_SERIAL + 2, &live.upstream, "", CHAT_AND_SECOND);
     live.swap_policy(FIRST_SERIAL + 2, &fixed);
     let reply = eventually(
+        DEADLINE,
         "the fixed policy's route served",
         || live.chat(key, "second"),
         |r| r.status == 200,
@@ -646,6 +633,7 @@ fn a_request_in_flight_keeps_the_policy_it_started_with() {
         std::thread::spawn(move || post(&url, Some(&key), &chat_body("slow", "hi", false)))
     };
     eventually(
+        DEADLINE,
         "the slow request upstream",
         || live.upstream.requests().len(),
         |n| *n == 1,
@@ -691,6 +679,7 @@ fn sigterm_drains_a_stream_in_flight_refuses_new_connections_and_exits_0() {
     let stream: JoinHandle<Reply> =
         std::thread::spawn(move || post(&url, Some(&key), &chat_body("stream", "hi", true)));
     eventually(
+        DEADLINE,
         "the stream upstream",
         || upstream.requests().len(),
         |n| *n == 1,
@@ -699,6 +688,7 @@ fn sigterm_drains_a_stream_in_flight_refuses_new_connections_and_exits_0() {
     let stopping = std::thread::spawn(move || krouter.stop());
     // The listener closes at the signal, while the stream (8 events 200 ms apart) goes on.
     let _refused = eventually(
+        DEADLINE,
         "new connections refused",
         || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.kind()),
         |c| c.as_ref().err() == Some(&std::io::ErrorKind::ConnectionRefused),
@@ -863,6 +853,7 @@ fn each_request_gets_one_metadata_row_without_content_or_secrets() {
     assert_eq!(last.status, 200, "{last:?}");
 
     let rows = eventually(
+        DEADLINE,
         "the last row written",
         || request_rows(&live.home),
         |rows| rows.contains_key(&id(&last)),

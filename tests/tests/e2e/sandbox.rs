@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use krouter_tests::bins::{Run, proxy_path};
 use krouter_tests::client::{Reply, post, send};
+use krouter_tests::eventually;
 use krouter_tests::home::TempHome;
 use krouter_tests::krouter::{Krouter, policy};
 use krouter_tests::upstream::MockUpstream;
+
+use super::proxy_serve::request_id;
 use rusqlite::{Connection, OpenFlags};
 
 /// How long a live change or a log line may take to show.
@@ -60,20 +63,6 @@ fn chat(krouter: &Krouter, key: &str, model: &str) -> Reply {
         Some(key),
         &format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
     )
-}
-
-/// `krouter ARGS` against `home`, listening on port 0, with `extra` variables.
-fn krouter_command(home: &TempHome, args: &[&str], extra: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(proxy_path());
-    command
-        .args(args)
-        .current_dir(home.parent())
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(home.env())
-        .env("KROUTER_LISTEN", "127.0.0.1:0")
-        .envs(extra.iter().copied());
-    command
 }
 
 /// `cmd` wrapped to run as on a kernel without Landlock; `None` (after saying SKIPPED) when
@@ -213,26 +202,6 @@ fn recorded_requests(home: &TempHome) -> Vec<String> {
         .expect("readable rows")
 }
 
-/// Polls `probe` until `done` accepts it; panics after [`DEADLINE`].
-fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl FnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let started = Instant::now();
-    loop {
-        let seen = probe();
-        if done(&seen) {
-            return seen;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}; last seen: {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 // === krouter check --sandbox ===
 
 #[test]
@@ -240,7 +209,7 @@ fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
     let home = TempHome::init();
     let state = home.root.join("state");
     let before = snapshot(&home.root, &state);
-    let run = run(krouter_command(
+    let run = run(Krouter::command(
         &home,
         &["check", "--sandbox"],
         &[
@@ -296,7 +265,7 @@ fn check_sandbox_fails_with_exit_1_naming_the_check_that_did_not_hold() {
     let home = TempHome::init();
     // Without a state directory the positive control (a file written there) cannot pass.
     std::fs::remove_dir(home.root.join("state")).unwrap();
-    let run = run(krouter_command(&home, &["check", "--sandbox"], &[]));
+    let run = run(Krouter::command(&home, &["check", "--sandbox"], &[]));
     assert_eq!(run.code, 1, "{run:?}");
     let state = home.root.join("state");
     assert!(
@@ -322,7 +291,7 @@ fn the_proxy_logs_that_the_sandbox_is_fully_enforced_and_serves_inside_it() {
     let upstream = MockUpstream::start();
     let (home, key) = home_routing_to(&upstream);
     // Both ways of requiring it: the flag and the setting.
-    let krouter = Krouter::spawn_command(krouter_command(
+    let krouter = Krouter::spawn_command(Krouter::command(
         &home,
         &["serve", "--require-sandbox"],
         &[("KROUTER_REQUIRE_SANDBOX", "true")],
@@ -347,10 +316,7 @@ fn the_proxy_logs_that_the_sandbox_is_fully_enforced_and_serves_inside_it() {
     let reply = chat(&krouter, &key, "a");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(upstream.requests().len(), 1);
-    let id = reply
-        .header("x-request-id")
-        .expect("a request id")
-        .to_owned();
+    let id = request_id(&reply);
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
     assert_eq!(recorded_requests(&home), [id]);
@@ -360,7 +326,7 @@ fn the_proxy_logs_that_the_sandbox_is_fully_enforced_and_serves_inside_it() {
 fn without_landlock_the_proxy_warns_and_require_sandbox_refuses_to_start_with_exit_4() {
     let upstream = MockUpstream::start();
     let (home, key) = home_routing_to(&upstream);
-    let Some(plain) = without_landlock(&krouter_command(&home, &[], &[])) else {
+    let Some(plain) = without_landlock(&Krouter::command(&home, &[], &[])) else {
         return;
     };
     let krouter = Krouter::spawn_command(plain);
@@ -380,7 +346,7 @@ fn without_landlock_the_proxy_warns_and_require_sandbox_refuses_to_start_with_ex
         (&["serve", "--require-sandbox"][..], &[][..]),
         (&[][..], &[("KROUTER_REQUIRE_SANDBOX", "true")][..]),
     ] {
-        let command = without_landlock(&krouter_command(&home, args, extra)).unwrap();
+        let command = without_landlock(&Krouter::command(&home, args, extra)).unwrap();
         let run = run(command);
         assert_eq!(run.code, 4, "{args:?} {extra:?}: {run:?}");
         assert!(
@@ -393,7 +359,7 @@ fn without_landlock_the_proxy_warns_and_require_sandbox_refuses_to_start_with_ex
     }
 
     // And `check --sandbox` cannot prove anything there.
-    let command = without_landlock(&krouter_command(&home, &["check", "--sandbox"], &[])).unwrap();
+    let command = without_landlock(&Krouter::command(&home, &["check", "--sandbox"], &[])).unwrap();
     let run = run(command);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("sandbox: not enforced"), "{run:?}");
@@ -407,9 +373,13 @@ fn without_landlock_the_proxy_warns_and_require_sandbox_refuses_to_start_with_ex
 #[test]
 fn require_sandbox_is_a_usage_error_before_check_and_must_be_true_or_false() {
     let home = TempHome::init();
-    let run = run(krouter_command(&home, &["--require-sandbox", "check"], &[]));
+    let run = run(Krouter::command(
+        &home,
+        &["--require-sandbox", "check"],
+        &[],
+    ));
     assert_eq!(run.code, 2, "{run:?}");
-    let run = self::run(krouter_command(
+    let run = self::run(Krouter::command(
         &home,
         &[],
         &[("KROUTER_REQUIRE_SANDBOX", "sometimes")],
@@ -474,6 +444,7 @@ fn a_later_policy_needing_a_new_upstream_port_is_refused_until_a_restart() {
         krouter.log()
     );
     let reply = eventually(
+        DEADLINE,
         "route b served after the restart",
         || chat(&krouter, &key, "b"),
         |r| r.status == 200,
@@ -496,6 +467,7 @@ fn a_storage_key_rekey_while_serving_is_picked_up_inside_the_sandbox() {
     let (_, fresh) = home.create_key("after-rekey");
     krouter.wait_for_log("store reopened", DEADLINE);
     let reply = eventually(
+        DEADLINE,
         "the key created after the rekey",
         || chat(&krouter, &fresh, "a"),
         |r| r.status == 200,
@@ -547,10 +519,7 @@ fn the_proxy_runs_unchanged_on_a_read_only_root_with_only_the_state_directory_wr
     );
     let reply = chat(&krouter, &key, "a");
     assert_eq!(reply.status, 200, "{reply:?}");
-    let id = reply
-        .header("x-request-id")
-        .expect("a request id")
-        .to_owned();
+    let id = request_id(&reply);
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
