@@ -404,29 +404,35 @@ impl StateDb {
             .map_err(|e| sqlite(&self.path, "delete old usage aggregates", e))
     }
 
-    /// Tokens in plus out per group since `since_ms` (unix milliseconds), from request rows
-    /// and the daily aggregates of days on or after that date: what the budgets start from.
-    pub fn group_tokens_since(&self, since_ms: i64) -> Result<Vec<(String, u64)>, Error> {
+    /// Tokens in plus out per group since `day_ms` and since `month_ms` (unix milliseconds,
+    /// the starts of the UTC day and month), from request rows and the daily aggregates of
+    /// days on or after those dates, in one pass: what the budgets start from.
+    pub fn group_tokens(
+        &self,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> Result<Vec<(String, u64, u64)>, Error> {
         let path = &self.path;
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT g, sum(t) FROM (
-                   SELECT key_group AS g, coalesce(tokens_in, 0) + coalesce(tokens_out, 0) AS t
-                   FROM requests WHERE at >= ?1 AND key_group IS NOT NULL
+                "SELECT g, sum(CASE WHEN today THEN t ELSE 0 END), sum(t) FROM (
+                   SELECT key_group AS g, at >= ?1 AS today,
+                          coalesce(tokens_in, 0) + coalesce(tokens_out, 0) AS t
+                   FROM requests WHERE at >= ?2 AND key_group IS NOT NULL
                    UNION ALL
-                   SELECT key_group, tokens_in + tokens_out FROM usage_aggregates
-                   WHERE day >= date(?1 / 1000, 'unixepoch')
+                   SELECT key_group, day >= date(?1 / 1000, 'unixepoch'), tokens_in + tokens_out
+                   FROM usage_aggregates WHERE day >= date(?2 / 1000, 'unixepoch')
                  ) GROUP BY g",
             )
             .map_err(|e| sqlite(path, "read token usage", e))?;
+        let wide = |t: i64| u64::try_from(t).unwrap_or(0);
         let rows = stmt
-            .query_map(params![since_ms], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            .query_map(params![day_ms, month_ms], |r| {
+                Ok((r.get::<_, String>(0)?, wide(r.get(1)?), wide(r.get(2)?)))
             })
             .map_err(|e| sqlite(path, "read token usage", e))?;
-        rows.map(|row| row.map(|(g, t)| (g, u64::try_from(t).unwrap_or(0))))
-            .collect::<Result<_, _>>()
+        rows.collect::<Result<_, _>>()
             .map_err(|e| sqlite(path, "read token usage", e))
     }
 
@@ -527,6 +533,54 @@ mod tests {
         assert_eq!(
             StateDb::open(&path).unwrap().accepted().unwrap(),
             Some(accepted)
+        );
+    }
+
+    #[test]
+    fn group_tokens_sum_rows_and_aggregates_by_day_and_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("state.sqlite")).unwrap();
+        const DAY: i64 = 86_400_000;
+        // Month start at day 10, day start at day 12 (whole UTC days).
+        let (month, day) = (10 * DAY, 12 * DAY);
+        let row = |at_ms, group: &str, tokens_in| RequestRow {
+            at_ms,
+            group: Some(group.into()),
+            tokens_in: Some(tokens_in),
+            tokens_out: Some(1),
+            ..RequestRow::default()
+        };
+        db.insert_requests(&[
+            row(month - 1, "a", 100),
+            row(month, "a", 10),
+            row(day + 5, "a", 20),
+            row(day + 6, "b", 1),
+        ])
+        .unwrap();
+        let aggregate = |at_ms, tokens_in| AggregateRow {
+            at_ms,
+            group: "p".into(),
+            model: "m".into(),
+            provider: String::new(),
+            error: false,
+            tokens_in,
+            tokens_out: 0,
+        };
+        db.add_aggregates(&[
+            aggregate(month + DAY, 7),
+            aggregate(day + 1, 3),
+            aggregate(day + 2, 3),
+        ])
+        .unwrap();
+        let mut spent = db.group_tokens(day, month).unwrap();
+        spent.sort();
+        assert_eq!(
+            spent,
+            [
+                ("a".to_owned(), 21, 32),
+                ("b".to_owned(), 2, 2),
+                ("p".to_owned(), 6, 13)
+            ]
         );
     }
 

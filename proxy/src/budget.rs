@@ -79,22 +79,21 @@ pub fn applies(ctx: &crate::ctx::RequestCtx) -> bool {
 // === impl Budgets ===
 
 impl Budgets {
-    /// Counters seeded with each group's tokens so far today and this month.
-    pub fn restore(today: Vec<(String, u64)>, this_month: Vec<(String, u64)>, now_ms: i64) -> Self {
+    /// Counters seeded with each group's tokens so far `(group, today, this month)`.
+    pub fn restore(spent: Vec<(String, u64, u64)>, now_ms: i64) -> Self {
         let when = Calendar::at(now_ms);
-        let mut table: HashMap<String, Counter> = HashMap::new();
-        for (group, tokens) in this_month {
-            let counter = table.entry(group).or_default();
-            counter.month = when.month;
-            counter.month_tokens = tokens;
-            counter.day = when.day;
-        }
-        for (group, tokens) in today {
-            let counter = table.entry(group).or_default();
-            counter.day = when.day;
-            counter.day_tokens = tokens;
-            counter.month = when.month;
-        }
+        let table: HashMap<String, Counter> = spent
+            .into_iter()
+            .map(|(group, day_tokens, month_tokens)| {
+                let counter = Counter {
+                    day: when.day,
+                    day_tokens,
+                    month: when.month,
+                    month_tokens,
+                };
+                (group, counter)
+            })
+            .collect();
         Self {
             counting: AtomicBool::new(!table.is_empty()),
             table: Mutex::new(table),
@@ -239,11 +238,7 @@ mod tests {
 
     #[test]
     fn counters_roll_over_at_midnight_and_on_the_first() {
-        let budgets = Budgets::restore(
-            vec![("g".into(), 90)],
-            vec![("g".into(), 500)],
-            END_OF_NOVEMBER,
-        );
+        let budgets = Budgets::restore(vec![("g".into(), 90, 500)], END_OF_NOVEMBER);
         assert_eq!(budgets.spent("g", END_OF_NOVEMBER), (90, 500));
         budgets.charge("g", 10, END_OF_NOVEMBER);
         assert_eq!(budgets.spent("g", END_OF_NOVEMBER), (100, 510));

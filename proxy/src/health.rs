@@ -141,21 +141,22 @@ impl Health {
     }
 
     /// A pass to try the target at `now_ms`, taking a probe if its breaker is half-open;
-    /// `None` when it is unavailable.
+    /// when it is unavailable, when it may be tried again (unix milliseconds).
     pub fn enter(
         self: &Arc<Self>,
         provider: &str,
         model: &str,
         breaker: &Breaker,
         now_ms: i64,
-    ) -> Option<Pass> {
+    ) -> Result<Pass, i64> {
         let mut probe = None;
         if self.tracked.load(Ordering::Acquire) != 0 {
             let mut table = self.lock();
             if let Some((key, entry)) = find(&table, provider, model).and_then(|i| table.get_mut(i))
             {
-                if entry.availability(breaker, now_ms) != Availability::Ready {
-                    return None;
+                if let Availability::Unavailable { until_ms } = entry.availability(breaker, now_ms)
+                {
+                    return Err(until_ms);
                 }
                 if entry.open_until.is_some() {
                     entry.probes += 1;
@@ -163,7 +164,7 @@ impl Health {
                 }
             }
         }
-        Some(Pass {
+        Ok(Pass {
             health: Arc::clone(self),
             probe,
         })
@@ -436,10 +437,10 @@ mod tests {
                 until_ms: t0 + 30_000
             }
         );
-        assert!(health.enter(T.0, T.1, &b, t0 + 1).is_none());
+        assert!(health.enter(T.0, T.1, &b, t0 + 1).is_err());
         // Half-open: one probe at a time; a probe dropped unreported frees its place.
         let probe = health.enter(T.0, T.1, &b, t0 + 30_000).unwrap();
-        assert!(health.enter(T.0, T.1, &b, t0 + 30_000).is_none());
+        assert!(health.enter(T.0, T.1, &b, t0 + 30_000).is_err());
         drop(probe);
         let mut probe = health.enter(T.0, T.1, &b, t0 + 30_000).unwrap();
         assert!(probe.probe.take().is_some());

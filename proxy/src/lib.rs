@@ -108,8 +108,7 @@ pub async fn run(
     // Tokens each group has spent today and this month (UTC).
     let when = Calendar::at(now);
     let budgets = Budgets::restore(
-        state.group_tokens_since(when.day_start_ms)?,
-        state.group_tokens_since(when.month_start_ms)?,
+        state.group_tokens(when.day_start_ms, when.month_start_ms)?,
         now,
     );
 

@@ -23,7 +23,7 @@ use super::inspect::Inference;
 use crate::ctx::RequestCtx;
 use crate::dialect::{Progress, UsageScanner, anthropic};
 use crate::error::{Reject, UpstreamFailure};
-use crate::health::{Availability, Outcome};
+use crate::health::Outcome;
 use crate::snapshot::Snapshot;
 
 /// Client request headers that go upstream; everything else stays behind.
@@ -105,13 +105,12 @@ pub async fn first_answer(
         let mut retries = 0;
         loop {
             let now = crate::ctx::now_ms();
-            let Some(pass) = shared.health.enter(key.0, key.1, breaker, now) else {
-                if let Availability::Unavailable { until_ms } =
-                    shared.health.availability(key.0, key.1, breaker, now)
-                {
+            let pass = match shared.health.enter(key.0, key.1, breaker, now) {
+                Ok(pass) => pass,
+                Err(until_ms) => {
                     free_at = Some(free_at.map_or(until_ms, |t| t.min(until_ms)));
+                    break;
                 }
-                break;
             };
             ctx.provider = Some(provider.name().to_owned());
             ctx.upstream_model = Some(target.model().to_owned());
