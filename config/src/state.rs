@@ -3,6 +3,7 @@
 //! addresses) and, later, breaker state. Written only by the proxy; opened read-only by `krouter check` and admin reports.
 //! Never holds a secret or any prompt or completion content.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -406,34 +407,49 @@ impl StateDb {
 
     /// Tokens in plus out per group since `day_ms` and since `month_ms` (unix milliseconds,
     /// the starts of the UTC day and month), from request rows and the daily aggregates of
-    /// days on or after those dates, in one pass: what the budgets start from.
+    /// days on or after those dates: what the budgets start from.
+    ///
+    /// The rows are summed here as they stream past rather than by an SQL `GROUP BY`, whose
+    /// sorter would hold every row of the month in memory at start-up; this way memory is
+    /// one entry per group.
     pub fn group_tokens(
         &self,
         day_ms: i64,
         month_ms: i64,
     ) -> Result<Vec<(String, u64, u64)>, Error> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT g, sum(CASE WHEN today THEN t ELSE 0 END), sum(t) FROM (
-                   SELECT key_group AS g, at >= ?1 AS today,
-                          coalesce(tokens_in, 0) + coalesce(tokens_out, 0) AS t
-                   FROM requests WHERE at >= ?2 AND key_group IS NOT NULL
-                   UNION ALL
-                   SELECT key_group, day >= date(?1 / 1000, 'unixepoch'), tokens_in + tokens_out
-                   FROM usage_aggregates WHERE day >= date(?2 / 1000, 'unixepoch')
-                 ) GROUP BY g",
-            )
-            .map_err(|e| sqlite(path, "read token usage", e))?;
-        let wide = |t: i64| u64::try_from(t).unwrap_or(0);
-        let rows = stmt
-            .query_map(params![day_ms, month_ms], |r| {
-                Ok((r.get::<_, String>(0)?, wide(r.get(1)?), wide(r.get(2)?)))
-            })
-            .map_err(|e| sqlite(path, "read token usage", e))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(|e| sqlite(path, "read token usage", e))
+        let read = |e| sqlite(path, "read token usage", e);
+        let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut add = |group: &str, today: bool, tokens: i64| {
+            let tokens = u64::try_from(tokens).unwrap_or(0);
+            if !sums.contains_key(group) {
+                sums.insert(group.to_owned(), (0, 0));
+            }
+            if let Some((day, month)) = sums.get_mut(group) {
+                if today {
+                    *day = day.saturating_add(tokens);
+                }
+                *month = month.saturating_add(tokens);
+            }
+        };
+        let queries = [
+            "SELECT key_group, at >= ?1, coalesce(tokens_in, 0) + coalesce(tokens_out, 0)
+             FROM requests WHERE at >= ?2 AND key_group IS NOT NULL",
+            "SELECT key_group, day >= date(?1 / 1000, 'unixepoch'), tokens_in + tokens_out
+             FROM usage_aggregates WHERE day >= date(?2 / 1000, 'unixepoch')",
+        ];
+        for sql in queries {
+            let mut stmt = self.conn.prepare(sql).map_err(read)?;
+            let mut rows = stmt.query(params![day_ms, month_ms]).map_err(read)?;
+            while let Some(row) = rows.next().map_err(read)? {
+                let group = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(read)?;
+                add(group, row.get(1).map_err(read)?, row.get(2).map_err(read)?);
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(g, (day, month))| (g, day, month))
+            .collect())
     }
 
     /// The newest `limit` request rows, newest first (for reports and tests).

@@ -5,14 +5,15 @@
 //! older than the policy's retention are deleted every ten minutes (and at the first row).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use krouter_config::state::{AggregateRow, AuthEvent, RequestRow, StateDb, TargetHealthRow};
 
-/// Rows waiting to be written, at most.
+/// Rows waiting to be written, at most. The queue is counted rather than preallocated:
+/// an idle proxy holds no slots, a busy one only the rows actually waiting.
 pub const QUEUE: usize = 4096;
 /// Rows written per transaction, at most.
 const BATCH: usize = 2048;
@@ -28,7 +29,9 @@ const AUTH_FAILURES_KEPT: Duration = Duration::from_secs(86_400);
 /// The sending side, cloned into every request.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: Option<SyncSender<Message>>,
+    queue: Option<Sender<Message>>,
+    /// Messages sent and not yet taken by the writer.
+    pending: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -56,19 +59,25 @@ pub struct RecorderThread {
 impl Recorder {
     /// Starts the writer thread over `db`.
     pub fn start(db: StateDb) -> std::io::Result<(Self, RecorderThread)> {
-        let (queue, rows) = sync_channel(QUEUE);
+        let (queue, rows) = channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::Builder::new()
             .name("krouter-recorder".to_owned())
             .spawn({
+                let taken = Taken {
+                    rows,
+                    pending: Arc::clone(&pending),
+                };
                 let dropped = Arc::clone(&dropped);
                 let stop = Arc::clone(&stop);
-                move || write_loop(db, &rows, &dropped, &stop)
+                move || write_loop(db, &taken, &dropped, &stop)
             })?;
         Ok((
             Self {
                 queue: Some(queue),
+                pending,
                 dropped,
             },
             RecorderThread { handle, stop },
@@ -102,6 +111,7 @@ impl Recorder {
     pub(crate) fn disconnected() -> Self {
         Self {
             queue: None,
+            pending: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -111,11 +121,14 @@ impl Recorder {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match queue.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if queue.send(message).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -144,7 +157,27 @@ impl RecorderThread {
     }
 }
 
-fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, stop: &AtomicBool) {
+/// The writer's end of the queue: each message taken frees its slot.
+struct Taken {
+    rows: Receiver<Message>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Taken {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
+        let message = self.rows.recv_timeout(timeout)?;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        Ok(message)
+    }
+
+    fn try_recv(&self) -> Option<Message> {
+        let message = self.rows.try_recv().ok()?;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        Some(message)
+    }
+}
+
+fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicBool) {
     let mut reported = 0;
     let mut pruned: Option<Instant> = None;
     let mut retention = Duration::ZERO;
@@ -178,7 +211,7 @@ fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, st
             }
             taken += 1;
             if taken < BATCH {
-                next = rows.try_recv().ok();
+                next = rows.try_recv();
             }
         }
         if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
@@ -230,5 +263,53 @@ fn write_loop(mut db: StateDb, rows: &Receiver<Message>, dropped: &AtomicU64, st
             tracing::warn!(dropped_total = now, "request metadata rows dropped");
             reported = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_taking_a_message_frees_its_slot() {
+        let (queue, rows) = channel();
+        let recorder = Recorder {
+            queue: Some(queue),
+            pending: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let taken = Taken {
+            rows,
+            pending: Arc::clone(&recorder.pending),
+        };
+        for _ in 0..QUEUE + 3 {
+            recorder.send(Duration::ZERO, RequestRow::default());
+        }
+        assert_eq!(recorder.dropped(), 3);
+        assert!(taken.try_recv().is_some());
+        recorder.send(Duration::ZERO, RequestRow::default());
+        assert_eq!(recorder.dropped(), 3, "the slot taken was free again");
+        recorder.send(Duration::ZERO, RequestRow::default());
+        assert_eq!(recorder.dropped(), 4);
+        let mut left = 0;
+        while taken.try_recv().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, QUEUE);
+        assert_eq!(recorder.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_recorder_whose_writer_is_gone_counts_what_it_drops() {
+        let (queue, rows) = channel();
+        drop(rows);
+        let recorder = Recorder {
+            queue: Some(queue),
+            pending: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        recorder.send(Duration::ZERO, RequestRow::default());
+        assert_eq!(recorder.dropped(), 1);
+        assert_eq!(recorder.pending.load(Ordering::Relaxed), 0);
     }
 }
