@@ -89,6 +89,7 @@ pub struct Provider {
     pub(crate) credential: Option<String>,
     pub(crate) models: Option<Vec<String>>,
     pub(crate) timeouts: Timeouts,
+    pub(crate) resilience: Resilience,
 }
 
 /// Per-provider time limits.
@@ -511,6 +512,12 @@ impl Provider {
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
     }
+
+    /// Its resilience settings: its own `[providers.resilience]` over the policy's
+    /// `[resilience]` (the retry budget is always the policy's).
+    pub fn resilience(&self) -> &Resilience {
+        &self.resilience
+    }
 }
 
 // === impl Timeouts ===
@@ -574,6 +581,21 @@ impl fmt::Display for Target {
 // === impl Resilience ===
 
 impl Resilience {
+    /// The documented defaults, where a policy says nothing.
+    pub(crate) const DEFAULT: Self = Self {
+        retries: 1,
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(2_000),
+        retry_budget: Duration::from_millis(10_000),
+        rate_limit_cooldown: Duration::from_secs(30),
+        stream_first_content_timeout: Duration::from_millis(30_000),
+        breaker: Breaker {
+            failure_threshold: 5,
+            open: Duration::from_secs(30),
+            half_open_probes: 1,
+        },
+    };
+
     /// Extra attempts on the same target for failures before any response (default 1).
     pub fn retries(&self) -> u32 {
         self.retries

@@ -76,6 +76,21 @@ pub(crate) struct RawProvider {
     pub(crate) first_byte_timeout_ms: Option<Spanned<i64>>,
     pub(crate) idle_timeout_ms: Option<Spanned<i64>>,
     pub(crate) total_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) resilience: Option<Spanned<RawProviderResilience>>,
+}
+
+/// `[providers.resilience]`: a provider's own retries, backoff, 429 cool-down, stream
+/// readiness and breaker; what it leaves out comes from `[resilience]`. The retry budget is
+/// per request, so it is policy-wide only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProviderResilience {
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) backoff_initial_ms: Option<Spanned<i64>>,
+    pub(crate) backoff_max_ms: Option<Spanned<i64>>,
+    pub(crate) rate_limit_cooldown_secs: Option<Spanned<i64>>,
+    pub(crate) stream_first_content_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) breaker: Option<Spanned<RawBreaker>>,
 }
 
 /// `[[routes]]`: a client-facing model name and its ordered targets.
@@ -228,6 +243,17 @@ fn sweep(root: &mut DeTable<'_>, shape: &mut Shape<'_>) {
     for (i, provider) in shape.tables(root, "providers", "") {
         let path = format!("providers[{i}]");
         shape.fields(provider, fields_of::<RawProvider>(), &path);
+        if let Some(resilience) = shape.table(provider, "resilience", &path) {
+            let path = format!("{path}.resilience");
+            shape.fields(resilience, fields_of::<RawProviderResilience>(), &path);
+            if let Some(breaker) = shape.table(resilience, "breaker", &path) {
+                shape.fields(
+                    breaker,
+                    fields_of::<RawBreaker>(),
+                    &format!("{path}.breaker"),
+                );
+            }
+        }
     }
     for (i, route) in shape.tables(root, "routes", "") {
         let path = format!("routes[{i}]");

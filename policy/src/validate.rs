@@ -91,11 +91,13 @@ pub(crate) fn validate(
         None => None,
     };
 
+    // Before the providers: theirs inherit from it.
+    let resilience = c.resilience(raw.resilience.as_ref());
     let providers = raw
         .providers
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| c.provider(p, &format!("providers[{i}]"), credentials))
+        .filter_map(|(i, p)| c.provider(p, &format!("providers[{i}]"), credentials, &resilience))
         .collect::<Vec<_>>();
     c.unique(
         raw.providers.iter().enumerate().filter_map(|(i, p)| {
@@ -139,7 +141,6 @@ pub(crate) fn validate(
     );
 
     let access = c.access(raw.access.as_ref(), &declared_routes);
-    let resilience = c.resilience(raw.resilience.as_ref());
     let logging = c.logging(raw.logging.as_ref());
     let limits = c.limits(raw.limits.as_ref());
 

@@ -116,6 +116,51 @@ fn limits_have_their_documented_defaults_and_can_be_set() {
 }
 
 #[test]
+fn a_provider_resilience_table_overrides_the_policy_and_inherits_the_rest() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert("k.pub", key.trusted_key()).unwrap();
+    let text = MINIMAL.replace(
+        "[[routes]]",
+        "[providers.resilience]\nretries = 0\nrate_limit_cooldown_secs = 5\n[providers.resilience.breaker]\nfailure_threshold = 2\n\n[[providers]]\nname = \"spare\"\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:8080/v1\"\n\n[[routes]]",
+    ) + "[resilience]\nretries = 3\nretry_budget_ms = 4000\n[resilience.breaker]\nopen_secs = 7\n";
+    let (bytes, sig) = signed(&key, &text);
+    let policy = load_with(&trusted, &bytes, &sig, None).unwrap();
+
+    let wide = policy.resilience();
+    assert_eq!(
+        (wide.retries(), wide.breaker().open()),
+        (3, Duration::from_secs(7))
+    );
+    let own = policy.provider("local").unwrap().resilience();
+    assert_eq!(own.retries(), 0, "its own value");
+    assert_eq!(own.rate_limit_cooldown(), Duration::from_secs(5));
+    assert_eq!(own.breaker().failure_threshold(), 2);
+    assert_eq!(
+        own.breaker().open(),
+        Duration::from_secs(7),
+        "the policy's breaker value"
+    );
+    assert_eq!(
+        own.breaker().half_open_probes(),
+        1,
+        "the documented default"
+    );
+    assert_eq!(
+        own.retry_budget(),
+        Duration::from_secs(4),
+        "always the policy's"
+    );
+    assert_eq!(own.backoff_initial(), Duration::from_millis(100));
+    let spare = policy.provider("spare").unwrap().resilience();
+    assert_eq!(
+        (spare.retries(), spare.breaker().failure_threshold()),
+        (3, 5)
+    );
+    assert_eq!(spare.rate_limit_cooldown(), Duration::from_secs(30));
+}
+
+#[test]
 fn the_documented_example_validates() {
     let text = include_str!("../../docs/examples/policy.toml");
     assert_eq!(problems(text), Vec::<String>::new());
@@ -324,6 +369,38 @@ fn every_validation_rule_names_line_field_and_problem() {
             "breaker out of range",
             with("[resilience.breaker]\nfailure_threshold = 0\n"),
             ":16 resilience.breaker.failure_threshold: must be between 1 and 1000",
+        ),
+        (
+            "provider resilience out of range",
+            base.replace(
+                "[[routes]]",
+                "[providers.resilience]\nretries = 9\n[[routes]]",
+            ),
+            ":13 providers[0].resilience.retries: must be between 0 and 5",
+        ),
+        (
+            "provider breaker out of range",
+            base.replace(
+                "[[routes]]",
+                "[providers.resilience.breaker]\nhalf_open_probes = 0\n[[routes]]",
+            ),
+            ":13 providers[0].resilience.breaker.half_open_probes: must be between 1 and 100",
+        ),
+        (
+            "provider backoff max below the policy's initial",
+            base.replace(
+                "[[routes]]",
+                "[providers.resilience]\nbackoff_max_ms = 50\n[[routes]]",
+            ) + "[resilience]\nbackoff_initial_ms = 200\n",
+            ":13 providers[0].resilience.backoff_max_ms: must be at least providers[0].resilience.backoff_initial_ms",
+        ),
+        (
+            "a retry budget is per request, not per provider",
+            base.replace(
+                "[[routes]]",
+                "[providers.resilience]\nretry_budget_ms = 50\n[[routes]]",
+            ),
+            ":13 providers[0].resilience.retry_budget_ms: unknown field",
         ),
         (
             "retention out of range",

@@ -1,10 +1,10 @@
 //! Checks of the `[[providers]]` section: a provider's name, kind, base URL (through the
-//! SSRF guard), credential, models and timeouts.
+//! SSRF guard), credential, models, timeouts and resilience overrides.
 
 use toml::Spanned;
 
 use crate::load::CredentialNames;
-use crate::model::{Provider, ProviderKind, Timeouts};
+use crate::model::{Provider, ProviderKind, Resilience, Timeouts};
 use crate::raw::RawProvider;
 use crate::secret_like::shown;
 use crate::ssrf::{self, Reach, Scheme};
@@ -18,6 +18,7 @@ impl Checker<'_> {
         spanned: &Spanned<RawProvider>,
         path: &str,
         credentials: &dyn CredentialNames,
+        policy_resilience: &Resilience,
     ) -> Option<Provider> {
         let line = self.line(spanned);
         let p = spanned.get_ref();
@@ -107,6 +108,7 @@ impl Checker<'_> {
         });
 
         let timeouts = self.timeouts(p, path);
+        let resilience = self.provider_resilience(p.resilience.as_ref(), path, policy_resilience);
         Some(Provider {
             name: name?,
             kind: kind?,
@@ -114,6 +116,7 @@ impl Checker<'_> {
             credential,
             models,
             timeouts,
+            resilience,
         })
     }
 

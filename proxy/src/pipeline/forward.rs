@@ -82,8 +82,9 @@ pub enum Answer {
 
 /// Tries each target in order; the first answer wins. A target whose breaker is open or
 /// that rests after a 429 is skipped; one that refused or reset the connection before
-/// answering is tried again after a backoff (within `[resilience] retries` and
-/// `retry_budget_ms`); every attempt's outcome goes to the target's health.
+/// answering is tried again after a backoff (within its provider's `retries` and the
+/// policy's `retry_budget_ms`); every attempt's outcome goes to the target's health, under
+/// its provider's breaker settings.
 pub async fn first_answer(
     inference: &Inference,
     targets: &[Target],
@@ -92,8 +93,8 @@ pub async fn first_answer(
     shared: &Shared,
 ) -> Result<Answer, Reject> {
     let snapshot = Arc::clone(&ctx.snapshot);
-    let resilience = snapshot.policy().resilience();
-    let breaker = resilience.breaker();
+    // The retry budget is per request: the policy's. The rest is each provider's own.
+    let retry_budget = snapshot.policy().resilience().retry_budget();
     let mut last: Option<UpstreamFailure> = None;
     let mut retrying_since: Option<Instant> = None;
     let mut free_at: Option<i64> = None;
@@ -102,6 +103,8 @@ pub async fn first_answer(
             continue;
         };
         let key = (provider.name(), target.model());
+        let resilience = provider.resilience();
+        let breaker = resilience.breaker();
         let mut retries = 0;
         loop {
             let now = crate::ctx::now_ms();
@@ -145,7 +148,7 @@ pub async fn first_answer(
                 retries,
             );
             let since = *retrying_since.get_or_insert_with(Instant::now);
-            if since.elapsed() + wait > resilience.retry_budget() {
+            if since.elapsed() + wait > retry_budget {
                 break;
             }
             retries += 1;
@@ -262,10 +265,7 @@ async fn attempt(
             deadline,
         });
     }
-    let wait = snapshot
-        .policy()
-        .resilience()
-        .stream_first_content_timeout();
+    let wait = provider.resilience().stream_first_content_timeout();
     let (response, held, scanner) = first_content(response, scanner, wait, deadline).await?;
     Ok(Answer::Stream {
         response,

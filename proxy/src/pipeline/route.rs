@@ -41,20 +41,23 @@ pub fn targets(
     if health.tracked() == 0 {
         return Ok(targets);
     }
-    let breaker = policy.resilience().breaker();
     let now = crate::ctx::now_ms();
     let mut free_at: Option<i64> = None;
     let available: Vec<Target> = targets
         .into_iter()
-        .filter(
-            |t| match health.availability(t.provider(), t.model(), breaker, now) {
+        .filter(|t| {
+            let Some(provider) = policy.provider(t.provider()) else {
+                return false;
+            };
+            let breaker = provider.resilience().breaker();
+            match health.availability(t.provider(), t.model(), breaker, now) {
                 Availability::Ready => true,
                 Availability::Unavailable { until_ms } => {
                     free_at = Some(free_at.map_or(until_ms, |at| at.min(until_ms)));
                     false
                 }
-            },
-        )
+            }
+        })
         .collect();
     if available.is_empty() {
         return Err(Reject::Unavailable {

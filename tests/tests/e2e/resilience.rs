@@ -156,6 +156,55 @@ fn a_breaker_opens_skips_its_target_probes_and_closes() {
 }
 
 #[test]
+fn a_provider_s_own_resilience_table_overrides_the_policy_for_its_targets_only() {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    let b = MockUpstream::start();
+    let c = MockUpstream::start();
+    // `a`: no retries and a breaker that opens at the first failure, for a minute; `b`
+    // keeps the policy's (one retry, two failures, one second).
+    let own = "[providers.resilience]\nretries = 0\n\
+        [providers.resilience.breaker]\nfailure_threshold = 1\nopen_secs = 60\n";
+    let text = [
+        provider("a", "openai-compatible", &a.base_url(), None, own),
+        provider("b", "openai-compatible", &b.base_url(), None, ""),
+        provider("c", "openai-compatible", &c.base_url(), None, ""),
+        route("via-a", &["a:flaky-5", "c:ok"]),
+        route("via-b", &["b:flaky-5", "c:ok"]),
+        FAST.to_owned(),
+    ]
+    .concat();
+    home.write_policy(&policy(2, &text));
+    let (_, key) = home.create_key("app");
+    let krouter = Krouter::spawn(&home, &[]);
+
+    // `a`: one attempt (no retry), its breaker opens, and the next request skips it.
+    let reply = complete(&krouter, &key, &chat("via-a"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(attempts(&krouter, &reply), 2, "one attempt on a, then c");
+    let reply = complete(&krouter, &key, &chat("via-a"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        attempts(&krouter, &reply),
+        1,
+        "a is skipped: its breaker is open"
+    );
+    assert_eq!(seen(&a, "flaky-5"), 1);
+
+    // `b`: the policy's one retry, which its breaker (two failures) still lets through; the
+    // second failure opens it.
+    let reply = complete(&krouter, &key, &chat("via-b"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(attempts(&krouter, &reply), 3, "two attempts on b, then c");
+    assert_eq!(seen(&b, "flaky-5"), 2);
+    let reply = complete(&krouter, &key, &chat("via-b"));
+    assert_eq!(attempts(&krouter, &reply), 1, "b is skipped now");
+    assert_eq!((seen(&b, "flaky-5"), seen(&c, "ok")), (2, 4));
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
 fn a_429_rests_its_target_without_opening_the_breaker() {
     let (home, a, b, key) = two_upstreams(&[
         ("limited", &["a:fail-429-2", "b:ok"]),
