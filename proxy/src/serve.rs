@@ -48,6 +48,9 @@ pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
 pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// HTTP/2: how often an idle connection is pinged, and how long the answer may take.
 pub const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+/// How long [`sniff`] waits before looking again at a connection that has sent only part of
+/// the HTTP/2 preface.
+const SNIFF_AGAIN: Duration = Duration::from_millis(5);
 /// How long a connection closed for a limit has to finish a `GOAWAY` before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Connections refused at the cap are logged at most this often, with a count.
@@ -55,10 +58,20 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The whole answer to a connection over the cap.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n";
 
-/// The connection builder for the policy in force, rebuilt when the policy changes.
+/// The connection builders for the policy in force, rebuilt when the policy changes.
 struct Builders {
     digest: Option<PolicyDigest>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Protocols>,
+}
+
+/// One builder per protocol. A connection's protocol is known from its first bytes
+/// ([`sniff`], which leaves them unread) before hyper reads anything, so hyper reads the
+/// socket itself: hyper-util's own detection reads the first bytes and replays them, which
+/// left 24 bytes in hyper's fresh 8 KiB read buffer and made it grow to 16 KiB on every
+/// HTTP/1.1 connection.
+struct Protocols {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
 }
 
 /// Connections refused at the cap since the last log line.
@@ -82,9 +95,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     let open = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let (stop, stopping) = watch::channel(false);
-    let mut builders = Builders {
-        digest: None,
-        builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
+    let mut builders = {
+        let snapshot = shared.live.load();
+        Builders {
+            digest: Some(snapshot.policy().digest()),
+            builders: Arc::new(Protocols::for_limits(snapshot.policy().limits())),
+        }
     };
     let mut refusals = Refusals::default();
     let mut shutdown = pin!(shutdown);
@@ -115,11 +131,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let builder = builders.for_policy(policy);
+        let protocols = builders.for_policy(policy);
         let connection = serve_connection(
             stream,
             peer,
-            builder,
+            protocols,
             limits,
             Arc::clone(&shared),
             Arc::clone(&in_flight),
@@ -159,12 +175,29 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     limits: Limits,
     shared: Arc<Shared>,
     in_flight: Arc<AtomicUsize>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    // A fresh connection must begin its first request head within the header read time.
+    let http2 = match tokio::time::timeout(limits.header_read_timeout(), sniff(&stream)).await {
+        Ok(Ok(http2)) => http2,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(reason = ?Expiry::Head, "closing a connection at its limit");
+            return;
+        }
+    };
+    let builder = if http2 {
+        &protocols.http2
+    } else {
+        &protocols.http1
+    };
     let watch = Arc::new(Watch::new(&limits));
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch), max_head));
@@ -274,6 +307,25 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Whether a fresh connection speaks HTTP/2 (prior knowledge): its first bytes are the
+/// HTTP/2 preface. Decided as soon as a byte differs from the preface (HTTP/1.x), or the
+/// connection ends (left to the HTTP/1.1 side, which closes it); the bytes stay unread.
+async fn sniff(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; conn::PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        let seen = first.get(..n).unwrap_or_default();
+        if n == 0 || !conn::PREFACE.starts_with(seen) {
+            return Ok(false);
+        }
+        if n == conn::PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: the rest is on its way (peek would return at once again).
+        tokio::time::sleep(SNIFF_AGAIN).await;
+    }
+}
+
 /// Answers a connection over the cap and closes it, without waiting for anything.
 fn refuse(stream: &TcpStream) {
     let _ = stream.try_write(BUSY);
@@ -282,13 +334,25 @@ fn refuse(stream: &TcpStream) {
 // === impl Builders ===
 
 impl Builders {
-    /// The builder for `policy`'s limits.
-    fn for_policy(&mut self, policy: &Policy) -> Arc<auto::Builder<TokioExecutor>> {
+    /// The builders for `policy`'s limits.
+    fn for_policy(&mut self, policy: &Policy) -> Arc<Protocols> {
         if self.digest != Some(policy.digest()) {
-            self.builder = Arc::new(builder(policy.limits()));
+            self.builders = Arc::new(Protocols::for_limits(policy.limits()));
             self.digest = Some(policy.digest());
         }
-        Arc::clone(&self.builder)
+        Arc::clone(&self.builders)
+    }
+}
+
+// === impl Protocols ===
+
+impl Protocols {
+    fn for_limits(limits: &Limits) -> Self {
+        let both = builder(limits);
+        Self {
+            http1: both.clone().http1_only(),
+            http2: both.http2_only(),
+        }
     }
 }
 
@@ -373,5 +437,57 @@ pub async fn signal() {
             tracing::warn!("could not listen for signals; stop krouter with SIGKILL");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// What [`sniff`] decides for a client that writes `parts`, pausing between them, and
+    /// then whether the bytes are all still there to read.
+    fn sniffed(parts: &'static [&'static [u8]]) -> (bool, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                for part in parts {
+                    stream.write_all(part).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            let http2 = sniff(&stream).await.unwrap();
+            client.await.unwrap();
+            let mut all = [0u8; 64];
+            let unread = stream.peek(&mut all).await.unwrap();
+            (http2, unread)
+        })
+    }
+
+    #[test]
+    fn the_preface_means_http2_even_when_it_arrives_in_parts() {
+        assert_eq!(sniffed(&[conn::PREFACE]), (true, 24));
+        assert_eq!(
+            sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]),
+            (true, 24)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_http1_as_soon_as_it_differs_and_nothing_is_consumed() {
+        assert_eq!(sniffed(&[b"GET / HTTP/1.0\r\n\r\n"]), (false, 18));
+        // Differs from the preface at its 4th byte: decided before the rest arrives.
+        let (http2, unread) = sniffed(&[b"PRIX", b" more"]);
+        assert!(!http2);
+        assert!(unread >= 4);
+        // A client that closes without a byte: left to the HTTP/1.1 side.
+        assert_eq!(sniffed(&[]), (false, 0));
     }
 }

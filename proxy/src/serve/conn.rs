@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::pipeline::accept::RawHead;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// "Not set" for the millisecond marks.
 const UNSET: u64 = u64::MAX;
 /// A deadline far enough away to mean none; the watch is woken when one appears.
