@@ -48,9 +48,6 @@ pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
 pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// HTTP/2: how often an idle connection is pinged, and how long the answer may take.
 pub const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
-/// How long [`sniff`] waits before looking again at a connection that has sent only part of
-/// the HTTP/2 preface.
-const SNIFF_AGAIN: Duration = Duration::from_millis(5);
 /// How long a connection closed for a limit has to finish a `GOAWAY` before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Connections refused at the cap are logged at most this often, with a count.
@@ -64,14 +61,25 @@ struct Builders {
     builders: Arc<Protocols>,
 }
 
-/// One builder per protocol. A connection's protocol is known from its first bytes
-/// ([`sniff`], which leaves them unread) before hyper reads anything, so hyper reads the
-/// socket itself: hyper-util's own detection reads the first bytes and replays them, which
-/// left 24 bytes in hyper's fresh 8 KiB read buffer and made it grow to 16 KiB on every
-/// HTTP/1.1 connection.
+/// One builder per protocol, and one that tells them apart. A connection's protocol is
+/// nearly always known from its first bytes ([`sniff`], which leaves them unread) before
+/// hyper reads anything, so hyper reads the socket itself: hyper-util's own detection reads
+/// the first bytes and replays them, which left 24 bytes in hyper's fresh 8 KiB read buffer
+/// and made it grow to 16 KiB on every HTTP/1.1 connection. Only a connection whose first
+/// packet held part of the HTTP/2 preface and nothing else goes through that detection.
 struct Protocols {
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
+    either: auto::Builder<TokioExecutor>,
+}
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    Http2,
+    /// Part of the HTTP/2 preface so far: hyper-util reads on until it knows.
+    Unsure,
 }
 
 /// Connections refused at the cap since the last log line.
@@ -182,8 +190,8 @@ async fn serve_connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     // A fresh connection must begin its first request head within the header read time.
-    let http2 = match tokio::time::timeout(limits.header_read_timeout(), sniff(&stream)).await {
-        Ok(Ok(http2)) => http2,
+    let sniffed = match tokio::time::timeout(limits.header_read_timeout(), sniff(&stream)).await {
+        Ok(Ok(sniffed)) => sniffed,
         Ok(Err(error)) => {
             tracing::debug!(%error, "connection failed before its first request");
             return;
@@ -193,10 +201,10 @@ async fn serve_connection(
             return;
         }
     };
-    let builder = if http2 {
-        &protocols.http2
-    } else {
-        &protocols.http1
+    let builder = match sniffed {
+        Sniffed::Http1 => &protocols.http1,
+        Sniffed::Http2 => &protocols.http2,
+        Sniffed::Unsure => &protocols.either,
     };
     let watch = Arc::new(Watch::new(&limits));
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
@@ -307,23 +315,22 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Whether a fresh connection speaks HTTP/2 (prior knowledge): its first bytes are the
-/// HTTP/2 preface. Decided as soon as a byte differs from the preface (HTTP/1.x), or the
-/// connection ends (left to the HTTP/1.1 side, which closes it); the bytes stay unread.
-async fn sniff(stream: &TcpStream) -> std::io::Result<bool> {
+/// What a fresh connection speaks, from the bytes of its first packet (waited for, left
+/// unread): HTTP/2 (prior knowledge) when they are the whole HTTP/2 preface, HTTP/1.x as
+/// soon as a byte differs from it or when the connection ends without one (the HTTP/1.1
+/// side then closes it). One look only: waiting here for the rest of a preface would mean
+/// polling, which a client could keep busy with a partial preface.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     let mut first = [0u8; conn::PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut first).await?;
-        let seen = first.get(..n).unwrap_or_default();
-        if n == 0 || !conn::PREFACE.starts_with(seen) {
-            return Ok(false);
-        }
-        if n == conn::PREFACE.len() {
-            return Ok(true);
-        }
-        // Part of the preface: the rest is on its way (peek would return at once again).
-        tokio::time::sleep(SNIFF_AGAIN).await;
-    }
+    let n = stream.peek(&mut first).await?;
+    let seen = first.get(..n).unwrap_or_default();
+    Ok(if n == 0 || !conn::PREFACE.starts_with(seen) {
+        Sniffed::Http1
+    } else if n == conn::PREFACE.len() {
+        Sniffed::Http2
+    } else {
+        Sniffed::Unsure
+    })
 }
 
 /// Answers a connection over the cap and closes it, without waiting for anything.
@@ -348,10 +355,11 @@ impl Builders {
 
 impl Protocols {
     fn for_limits(limits: &Limits) -> Self {
-        let both = builder(limits);
+        let either = builder(limits);
         Self {
-            http1: both.clone().http1_only(),
-            http2: both.http2_only(),
+            http1: either.clone().http1_only(),
+            http2: either.clone().http2_only(),
+            either,
         }
     }
 }
@@ -446,8 +454,8 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     /// What [`sniff`] decides for a client that writes `parts`, pausing between them, and
-    /// then whether the bytes are all still there to read.
-    fn sniffed(parts: &'static [&'static [u8]]) -> (bool, usize) {
+    /// how many bytes are still there to read afterwards.
+    fn sniffed(parts: &'static [&'static [u8]]) -> (Sniffed, usize) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -463,31 +471,29 @@ mod tests {
                 }
             });
             let (stream, _) = listener.accept().await.unwrap();
-            let http2 = sniff(&stream).await.unwrap();
+            let sniffed = sniff(&stream).await.unwrap();
             client.await.unwrap();
             let mut all = [0u8; 64];
             let unread = stream.peek(&mut all).await.unwrap();
-            (http2, unread)
+            (sniffed, unread)
         })
     }
 
     #[test]
-    fn the_preface_means_http2_even_when_it_arrives_in_parts() {
-        assert_eq!(sniffed(&[conn::PREFACE]), (true, 24));
+    fn the_preface_means_http2_and_part_of_it_is_left_to_hyper_util() {
+        assert_eq!(sniffed(&[conn::PREFACE]), (Sniffed::Http2, 24));
+        // Decided at the first packet, without waiting (or polling) for the rest.
         assert_eq!(
             sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]),
-            (true, 24)
+            (Sniffed::Unsure, 24)
         );
     }
 
     #[test]
     fn anything_else_is_http1_as_soon_as_it_differs_and_nothing_is_consumed() {
-        assert_eq!(sniffed(&[b"GET / HTTP/1.0\r\n\r\n"]), (false, 18));
-        // Differs from the preface at its 4th byte: decided before the rest arrives.
-        let (http2, unread) = sniffed(&[b"PRIX", b" more"]);
-        assert!(!http2);
-        assert!(unread >= 4);
+        assert_eq!(sniffed(&[b"GET / HTTP/1.0\r\n\r\n"]), (Sniffed::Http1, 18));
+        assert_eq!(sniffed(&[b"PRIX", b" more"]).0, Sniffed::Http1);
         // A client that closes without a byte: left to the HTTP/1.1 side.
-        assert_eq!(sniffed(&[]), (false, 0));
+        assert_eq!(sniffed(&[]), (Sniffed::Http1, 0));
     }
 }
