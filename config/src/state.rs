@@ -422,14 +422,15 @@ impl StateDb {
         let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
         let mut add = |group: &str, today: bool, tokens: i64| {
             let tokens = u64::try_from(tokens).unwrap_or(0);
-            if !sums.contains_key(group) {
-                sums.insert(group.to_owned(), (0, 0));
-            }
-            if let Some((day, month)) = sums.get_mut(group) {
-                if today {
-                    *day = day.saturating_add(tokens);
+            let today_tokens = if today { tokens } else { 0 };
+            match sums.get_mut(group) {
+                Some((day, month)) => {
+                    *day = day.saturating_add(today_tokens);
+                    *month = month.saturating_add(tokens);
                 }
-                *month = month.saturating_add(tokens);
+                None => {
+                    sums.insert(group.to_owned(), (today_tokens, tokens));
+                }
             }
         };
         let queries = [

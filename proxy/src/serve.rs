@@ -58,7 +58,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nc
 /// The connection builders for the policy in force, rebuilt when the policy changes.
 struct Builders {
     digest: Option<PolicyDigest>,
-    builders: Arc<Protocols>,
+    protocols: Arc<Protocols>,
 }
 
 /// One builder per protocol, and one that tells them apart. A connection's protocol is
@@ -107,7 +107,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         let snapshot = shared.live.load();
         Builders {
             digest: Some(snapshot.policy().digest()),
-            builders: Arc::new(Protocols::for_limits(snapshot.policy().limits())),
+            protocols: Arc::new(Protocols::for_limits(snapshot.policy().limits())),
         }
     };
     let mut refusals = Refusals::default();
@@ -344,10 +344,10 @@ impl Builders {
     /// The builders for `policy`'s limits.
     fn for_policy(&mut self, policy: &Policy) -> Arc<Protocols> {
         if self.digest != Some(policy.digest()) {
-            self.builders = Arc::new(Protocols::for_limits(policy.limits()));
+            self.protocols = Arc::new(Protocols::for_limits(policy.limits()));
             self.digest = Some(policy.digest());
         }
-        Arc::clone(&self.builders)
+        Arc::clone(&self.protocols)
     }
 }
 
