@@ -189,7 +189,9 @@ async fn serve_connection(
     in_flight: Arc<AtomicUsize>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    // A fresh connection must begin its first request head within the header read time.
+    // The watch starts now, so the first request head is due within the header read time
+    // of the accept, the wait for the first packet included.
+    let watch = Arc::new(Watch::new(&limits));
     let sniffed = match tokio::time::timeout(limits.header_read_timeout(), sniff(&stream)).await {
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(error)) => {
@@ -206,7 +208,6 @@ async fn serve_connection(
         Sniffed::Http2 => &protocols.http2,
         Sniffed::Unsure => &protocols.either,
     };
-    let watch = Arc::new(Watch::new(&limits));
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch), max_head));
     let service = {

@@ -419,6 +419,19 @@ fn slow_and_idle_clients_are_dropped() {
         bench.run(case);
     }
 
+    // The first head is due within the header read time (2 s) of the accept, however late
+    // its first byte: one at 1.5 s does not start a fresh 2 s.
+    let mut raw = Raw::connect(bench.addr());
+    std::thread::sleep(Duration::from_millis(1500));
+    raw.send(b"GET /healthz HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(1700));
+    raw.send(b"Host: krouter\r\n\r\n");
+    let outcome = raw.response(WAIT);
+    assert!(
+        matches!(outcome, Outcome::Closed),
+        "a head completed 3.2 s after the accept: {outcome:?}"
+    );
+
     // A kept-alive connection with no next request is closed after the idle time.
     let mut raw = Raw::connect(bench.addr());
     raw.send(b"GET /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n");
