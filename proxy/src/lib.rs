@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use krouter_config::apikey::DigestKey;
 use krouter_config::secret::load::Vars;
 use krouter_config::state::StateDb;
 use krouter_policy::AcceptedPolicy;
@@ -118,7 +119,7 @@ pub async fn run(
         live: Live::new(Snapshot::new(policy, keys, vault)),
         upstream,
         recorder,
-        api_key_secret,
+        api_key_digest: DigestKey::new(&api_key_secret),
         lockouts,
         limits: Limits::default(),
         health,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use krouter_config::secret::ApiKeySecret;
+use krouter_config::apikey::DigestKey;
 use serde_json::json;
 
 use crate::body::Body;
@@ -65,8 +65,8 @@ pub struct Shared {
     pub upstream: Upstream,
     /// The metadata writer.
     pub recorder: Recorder,
-    /// `API_KEY_SECRET`.
-    pub api_key_secret: ApiKeySecret,
+    /// `API_KEY_SECRET`, prepared once for the digest of each presented key.
+    pub api_key_digest: DigestKey,
     /// Failed authentications and locked addresses.
     pub lockouts: Lockouts,
     /// Request-rate limiters.

@@ -256,6 +256,17 @@ fn digest_is_domain_separated_hmac_sha256() {
 }
 
 #[test]
+fn a_kept_digest_key_gives_the_same_digests_and_does_not_print() {
+    let secret = api_key_secret(b"0123456789abcdef0123456789abcdef");
+    let kept = DigestKey::new(&secret);
+    for text in fixed_keys() {
+        let key = ApiKey::parse(&text).unwrap();
+        assert_eq!(kept.digest(&key), KeyDigest::of(&secret, &key));
+    }
+    assert_eq!(format!("{kept:?}"), "DigestKey(..)");
+}
+
+#[test]
 fn digest_hex_round_trips_and_rejects_bad_input() {
     let secret = api_key_secret(b"0123456789abcdef0123456789abcdef");
     let digest = KeyDigest::of(&secret, &ApiKey::generate().unwrap());

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use http::request::Parts;
-use krouter_config::apikey::{ApiKey, KeyDigest};
+use krouter_config::apikey::ApiKey;
 
 use super::Shared;
 use crate::address::ClientKey;
@@ -148,7 +148,7 @@ fn authenticate(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<
         return Ok(());
     };
     let key = ApiKey::parse(presented).map_err(|_| Reject::InvalidKey)?;
-    let digest = KeyDigest::of(&shared.api_key_secret, &key);
+    let digest = shared.api_key_digest.digest(&key);
     let entry = ctx
         .snapshot
         .keys()
