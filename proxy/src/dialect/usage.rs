@@ -117,14 +117,14 @@ impl UsageScanner {
     pub fn new(content_type: Option<&str>) -> Self {
         let essence = content_type
             .and_then(|t| t.split(';').next())
-            .map(|t| t.trim().to_ascii_lowercase());
-        let mode = match essence.as_deref() {
-            Some("text/event-stream") => Mode::Sse {
+            .map(str::trim);
+        let mode = match essence {
+            Some(t) if t.eq_ignore_ascii_case("text/event-stream") => Mode::Sse {
                 line: Vec::new(),
                 data: Vec::new(),
                 skipping: false,
             },
-            Some("application/json") => Mode::Json {
+            Some(t) if t.eq_ignore_ascii_case("application/json") => Mode::Json {
                 copy: Vec::new(),
                 overflowed: false,
             },
@@ -165,7 +165,7 @@ impl UsageScanner {
                 skipping,
             } => {
                 let mut rest = chunk;
-                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                while let Some(end) = memchr::memchr(b'\n', rest) {
                     let (head, tail) = rest.split_at(end);
                     rest = tail.get(1..).unwrap_or_default();
                     if line.len() + head.len() <= MAX_EVENT {
@@ -303,7 +303,7 @@ fn classify(data: &[u8]) -> Progress {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 #[cfg(test)]
@@ -426,5 +426,36 @@ mod tests {
             }
         );
         assert_eq!(UsageScanner::new(None).finish(), Usage::default());
+    }
+
+    #[test]
+    fn media_types_match_in_any_case_and_a_usage_key_split_across_chunks_counts() {
+        let body: &[u8] = br#"{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let (a, b) = body.split_at(10);
+        let want = Usage {
+            input: Some(3),
+            output: Some(4),
+        };
+        assert_eq!(scan(" Application/JSON ; charset=utf-8", &[a, b]), want);
+        let stream = [
+            b"data: {\"us".as_slice(),
+            b"age\":{\"output_tokens\":2}}\n",
+            b"\n",
+        ];
+        assert_eq!(
+            scan("TEXT/Event-Stream", &stream),
+            Usage {
+                input: None,
+                output: Some(2)
+            }
+        );
+        // The key as a value or a prefix is not usage.
+        assert_eq!(
+            scan(
+                "application/json",
+                &[br#"{"note":"\"usage\"","usages":{"input_tokens":9}}"#]
+            ),
+            Usage::default()
+        );
     }
 }
