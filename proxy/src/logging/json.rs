@@ -57,12 +57,29 @@ impl<W: fmt::Write> Fields<'_, W> {
     }
 
     fn string(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        self.quoted(field, |out| out.write_fmt(value));
+    }
+
+    /// A string field written straight through, without the formatting machinery
+    /// (most of a request line's fields).
+    fn text(&mut self, field: &Field, value: &str) {
+        self.quoted(field, |out| out.write_str(value));
+    }
+
+    fn quoted(&mut self, field: &Field, value: impl FnOnce(&mut Escaped<'_, W>) -> fmt::Result) {
         if self.result.is_ok() {
             self.result = self.name(field).and_then(|()| {
                 self.out.write_char('"')?;
-                Escaped(&mut *self.out).write_fmt(value)?;
+                value(&mut Escaped(&mut *self.out))?;
                 self.out.write_char('"')
             });
+        }
+    }
+
+    /// A number or boolean already in its JSON form.
+    fn raw(&mut self, field: &Field, value: &str) {
+        if self.result.is_ok() {
+            self.result = self.name(field).and_then(|()| self.out.write_str(value));
         }
     }
 
@@ -79,7 +96,7 @@ impl<W: fmt::Write> Visit for Fields<'_, W> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.string(field, format_args!("{value}"));
+        self.text(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -87,23 +104,23 @@ impl<W: fmt::Write> Visit for Fields<'_, W> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.number(field, &value);
+        self.raw(field, if value { "true" } else { "false" });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.number(field, &value);
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.number(field, &value);
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.number(field, &value);
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.number(field, &value);
+        self.raw(field, itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
