@@ -1,12 +1,20 @@
 //! The Anthropic API's shapes that krouter writes itself: error objects and the model list.
 
 use bytes::Bytes;
+use http::HeaderName;
 use serde_json::json;
 
 use super::ErrorKind;
 
 /// The Anthropic version krouter sends upstream when the client sent none.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
+
+/// `anthropic-version`: the API version, required on every Anthropic request.
+pub static VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+
+/// `x-api-key`: where the Anthropic SDKs send a key (krouter's, from a client; the
+/// provider's, upstream).
+pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// `{"type":"error","error":{"type","message"}}`, as the Anthropic SDKs parse it.
 pub fn error_body(kind: ErrorKind, message: &str) -> Bytes {

@@ -20,6 +20,7 @@ use super::Shared;
 use crate::address::ClientKey;
 use crate::cors::{self, Origin};
 use crate::ctx::{Caller, RequestCtx};
+use crate::dialect::anthropic;
 use crate::error::Reject;
 use crate::lockout::{Failure, Rules};
 
@@ -210,7 +211,7 @@ fn seconds(wait: Duration) -> u64 {
 /// different is refused, so no header is silently ignored.
 fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, Reject> {
     if headers.get_all(http::header::AUTHORIZATION).iter().count() > 1
-        || headers.get_all("x-api-key").iter().count() > 1
+        || headers.get_all(&anthropic::API_KEY_HEADER).iter().count() > 1
     {
         return Err(Reject::ConflictingKeys);
     }
@@ -225,7 +226,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, Reject> {
             Some(token.trim())
         }
     };
-    let x_api_key = match headers.get("x-api-key") {
+    let x_api_key = match headers.get(&anthropic::API_KEY_HEADER) {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| Reject::InvalidKey)?.trim()),
     };

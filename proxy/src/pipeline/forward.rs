@@ -27,13 +27,13 @@ use crate::health::Outcome;
 use crate::snapshot::Snapshot;
 
 /// Client request headers that go upstream; everything else stays behind.
-pub const REQUEST_HEADERS: &[&str] = &[
-    "accept",
-    "user-agent",
-    "anthropic-version",
-    "anthropic-beta",
-    "openai-beta",
-    "idempotency-key",
+pub static REQUEST_HEADERS: [HeaderName; 6] = [
+    header::ACCEPT,
+    header::USER_AGENT,
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+    HeaderName::from_static("idempotency-key"),
 ];
 
 /// Upstream response headers that go back to the client, besides those with an
@@ -346,18 +346,20 @@ fn build(
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::try_from(uri).map_err(|_| UpstreamFailure::Connect)?;
     let headers = request.headers_mut();
-    for name in REQUEST_HEADERS {
-        for value in client.headers.get_all(*name) {
-            headers.append(HeaderName::from_static(name), value.clone());
+    for name in &REQUEST_HEADERS {
+        for value in client.headers.get_all(name) {
+            headers.append(name.clone(), value.clone());
         }
     }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if provider.kind() == ProviderKind::Anthropic && !headers.contains_key("anthropic-version") {
+    if provider.kind() == ProviderKind::Anthropic
+        && !headers.contains_key(&anthropic::VERSION_HEADER)
+    {
         headers.insert(
-            "anthropic-version",
+            anthropic::VERSION_HEADER.clone(),
             HeaderValue::from_static(anthropic::DEFAULT_VERSION),
         );
     }
@@ -409,7 +411,7 @@ fn credential_header(
     let secret = credential.expose_secret();
     let (header_name, text) = match kind {
         ProviderKind::Anthropic => (
-            HeaderName::from_static("x-api-key"),
+            anthropic::API_KEY_HEADER.clone(),
             Zeroizing::new(secret.to_vec()),
         ),
         ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
