@@ -179,7 +179,7 @@ impl fmt::Display for KeyId {
 
 /// `API_KEY_SECRET` prepared for [`KeyDigest`]s: HMAC-SHA256's key schedule (the hashed
 /// inner and outer pads), computed once. The proxy digests the key of every request with it;
-/// preparing the key per request cost as much again as the digest itself. It is as secret as
+/// preparing the key per request cost nearly as much as the digest itself. It is as secret as
 /// `API_KEY_SECRET` and prints as `DigestKey(..)`.
 pub struct DigestKey(hmac::Key);
 

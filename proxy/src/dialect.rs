@@ -182,8 +182,8 @@ impl Endpoint {
 /// when the path or headers say so, OpenAI otherwise.
 pub fn guess(path: &str, headers: &http::HeaderMap) -> Dialect {
     if path.starts_with("/v1/messages")
-        || headers.contains_key("anthropic-version")
-        || headers.contains_key("x-api-key")
+        || headers.contains_key(&anthropic::VERSION_HEADER)
+        || headers.contains_key(&anthropic::API_KEY_HEADER)
     {
         Dialect::Anthropic
     } else {

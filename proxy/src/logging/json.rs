@@ -149,14 +149,16 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
         }
         let mut plain = 0;
         for (at, byte) in text.bytes().enumerate() {
+            if !needs_escape(byte) {
+                continue;
+            }
             let escape = match byte {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
                 b'\n' => "\\n",
                 b'\r' => "\\r",
                 b'\t' => "\\t",
-                0..=0x1f | 0x7f => "",
-                _ => continue,
+                _ => "",
             };
             // Every escaped byte is ASCII, so `at` is a character boundary.
             self.0.write_str(&text[plain..at])?;
@@ -171,7 +173,8 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     }
 }
 
-/// Whether `byte` must be escaped in a JSON string on one log line.
+/// Whether `byte` must be escaped in a JSON string on one log line: quotes, backslashes and
+/// every control character.
 fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
 }

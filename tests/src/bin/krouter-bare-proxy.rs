@@ -4,7 +4,7 @@
 //! Nagle), and does nothing else: no key check, no JSON, no limits, no log line, no metadata
 //! row. Run as the benchmark's `--baseline`, it says how much of krouter's CPU per request
 //! is the stack and how much is krouter's own work. A measuring tool, never a product: it
-//! checks nothing and must not face a network.
+//! checks nothing, so it listens on loopback only.
 //!
 //! Started like krouter by `tests/bench/proxy.sh --baseline=DIR` (`DIR/krouter` a link to
 //! this binary): `KROUTER_LISTEN` is the address to listen on; it prints krouter's JSON
@@ -32,6 +32,9 @@ fn main() -> Result<(), Failure> {
     let listen: SocketAddr = std::env::var("KROUTER_LISTEN")
         .map_err(|_| "KROUTER_LISTEN is not set")?
         .parse()?;
+    if !listen.ip().is_loopback() {
+        return Err(format!("{listen} is not a loopback address; this tool checks nothing").into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
