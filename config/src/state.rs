@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use krouter_policy::{AcceptedPolicy, PolicyDigest, Serial};
@@ -33,16 +34,17 @@ pub struct RequestRow {
     pub at_ms: i64,
     /// The id sent to the client in `x-request-id`.
     pub request_id: String,
-    /// The caller's key id (`kid_...`), if it authenticated.
-    pub key_id: Option<String>,
+    /// The caller's key id (`kid_...`), if it authenticated. The names are shared
+    /// (`Arc<str>`) with the proxy's request context, so a row copies no text.
+    pub key_id: Option<Arc<str>>,
     /// The key's group.
-    pub group: Option<String>,
+    pub group: Option<Arc<str>>,
     /// The model the client asked for.
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// The provider that answered (or was tried last).
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     /// The model name sent upstream.
-    pub upstream_model: Option<String>,
+    pub upstream_model: Option<Arc<str>>,
     /// The HTTP status sent to the client.
     pub status: u16,
     /// Time until the response ended, milliseconds.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -111,8 +112,8 @@ pub struct Route {
 /// One `provider:model` step of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub(crate) provider: String,
-    pub(crate) model: String,
+    pub(crate) provider: Arc<str>,
+    pub(crate) model: Arc<str>,
 }
 
 /// `[resilience]`: retries, backoff, 429 cool-down and the circuit breaker.
@@ -568,6 +569,17 @@ impl Target {
 
     /// The model name sent upstream.
     pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The provider's name, shared: a request's context and metadata row keep it without
+    /// a copy.
+    pub fn shared_provider(&self) -> &Arc<str> {
+        &self.provider
+    }
+
+    /// The model name sent upstream, shared.
+    pub fn shared_model(&self) -> &Arc<str> {
         &self.model
     }
 }

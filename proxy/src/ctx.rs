@@ -28,14 +28,15 @@ pub struct RequestCtx {
     pub endpoint: Option<Endpoint>,
     /// Who is calling, once admitted.
     pub caller: Option<Caller>,
-    /// The model the client asked for.
-    pub model: Option<String>,
+    /// The model the client asked for. Names here are shared (`Arc<str>`) with the policy,
+    /// the key table and the metadata row, so passing them on copies no text.
+    pub model: Option<Arc<str>>,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// The provider tried last (the one that answered, on success).
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     /// The upstream model name sent to it.
-    pub upstream_model: Option<String>,
+    pub upstream_model: Option<Arc<str>>,
     /// How many upstream attempts were made.
     pub attempts: u32,
     /// The status sent to the client.
@@ -58,16 +59,19 @@ pub struct RequestCtx {
 pub struct Caller {
     /// The key's public id (`kid_...`); `None` for an anonymous caller, which only a
     /// policy with `require_api_keys = false` admits.
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     /// The key's group, if it has one in the policy in force.
-    pub group: Option<String>,
+    pub group: Option<Arc<str>>,
     /// Whether the group asks for no per-request metadata.
     pub no_log: bool,
 }
 
-/// A request id: `req_` and 24 hex digits from the system random generator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(String);
+/// A request id: `req_` and 24 lowercase hex digits, held inline (no allocation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId([u8; ID_LEN]);
+
+/// Bytes in a request id's text.
+const ID_LEN: usize = 4 + 24;
 
 // === impl RequestCtx ===
 
@@ -123,12 +127,42 @@ impl RequestId {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let high = mix(seed ^ n);
         let low = mix(high ^ seed.rotate_left(29));
-        Self(format!("req_{high:016x}{:08x}", low >> 32))
+        Self::from_parts(high, low)
+    }
+
+    /// `req_`, the 16 hex digits of `high` and the 8 of `low`'s high half.
+    fn from_parts(high: u64, low: u64) -> Self {
+        let nibbles = |value: u64, count: u32| (0..count).rev().map(move |i| value >> (4 * i));
+        let digits = nibbles(high, 16)
+            .chain(nibbles(low >> 32, 8))
+            .map(hex_digit);
+        let mut id = [b'0'; ID_LEN];
+        for (slot, byte) in id.iter_mut().zip(b"req_".iter().copied().chain(digits)) {
+            *slot = byte;
+        }
+        Self(id)
     }
 
     /// The id's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always ASCII: `req_` and hex digits.
+        std::str::from_utf8(&self.0).unwrap_or("req_")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_str()).finish()
+    }
+}
+
+/// The lowercase hex digit of `value`'s low four bits.
+fn hex_digit(value: u64) -> u8 {
+    let nibble = u8::try_from(value & 0xf).unwrap_or(0);
+    if nibble < 10 {
+        b'0' + nibble
+    } else {
+        b'a' + (nibble - 10)
     }
 }
 
@@ -156,10 +190,28 @@ mod tests {
         let a = RequestId::generate();
         let b = RequestId::generate();
         assert_ne!(a, b);
-        let many: std::collections::HashSet<String> =
-            (0..10_000).map(|_| RequestId::generate().0).collect();
+        let many: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| RequestId::generate().as_str().to_owned())
+            .collect();
         assert_eq!(many.len(), 10_000);
         assert_eq!(a.as_str().len(), 4 + 24);
         assert!(a.as_str().starts_with("req_"));
+        assert!(
+            a.as_str()[4..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{a:?}"
+        );
+        assert_eq!(format!("{a:?}"), format!("RequestId({:?})", a.as_str()));
+        for (high, low) in [
+            (0, 0),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ] {
+            assert_eq!(
+                RequestId::from_parts(high, low).as_str(),
+                format!("req_{high:016x}{:08x}", low >> 32)
+            );
+        }
     }
 }

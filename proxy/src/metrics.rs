@@ -64,7 +64,7 @@ pub struct Metrics {
 struct RequestLabels {
     endpoint: &'static str,
     status: u16,
-    provider: String,
+    provider: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,7 +79,7 @@ struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
-    provider: String,
+    provider: Arc<str>,
     outcome: &'static str,
 }
 
@@ -197,7 +197,7 @@ impl Metrics {
         let labels = RequestLabels {
             endpoint,
             status: ctx.status,
-            provider: ctx.provider.clone().unwrap_or_default(),
+            provider: ctx.provider.clone().unwrap_or_else(|| Arc::from("")),
         };
         self.requests.get_or_create(&labels).inc();
         let by = EndpointLabels { endpoint };
@@ -220,10 +220,10 @@ impl Metrics {
     }
 
     /// Counts one upstream attempt on `provider`: `outcome` is `answered` or the failure.
-    pub fn attempt(&self, provider: &str, outcome: &'static str) {
+    pub fn attempt(&self, provider: &Arc<str>, outcome: &'static str) {
         self.attempts
             .get_or_create(&AttemptLabels {
-                provider: provider.to_owned(),
+                provider: Arc::clone(provider),
                 outcome,
             })
             .inc();

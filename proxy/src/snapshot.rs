@@ -27,12 +27,12 @@ pub struct KeyTable(HashMap<[u8; 32], KeyEntry>);
 /// What the proxy knows about one API key: never the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
-    /// The key's public id.
-    pub id: String,
+    /// The key's public id (shared with each request's context and metadata row).
+    pub id: Arc<str>,
     /// The digest, compared again in constant time after the lookup.
     pub digest: KeyDigest,
     /// Its policy group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Expiry, unix seconds.
     pub expires_at: Option<i64>,
     /// Revocation time, unix seconds.
@@ -104,9 +104,9 @@ impl KeyTable {
                     (
                         *r.digest.as_bytes(),
                         KeyEntry {
-                            id: r.id.as_str().to_owned(),
+                            id: r.id.as_str().into(),
                             digest: r.digest,
-                            group: r.group,
+                            group: r.group.into(),
                             expires_at: r.expires_at,
                             revoked_at: r.revoked_at,
                         },

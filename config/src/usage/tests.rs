@@ -22,7 +22,7 @@ fn request(at: i64, model: Option<&str>, status: u16, latency_ms: u64) -> Reques
         request_id: format!("req_{at}_{latency_ms}"),
         key_id: Some("kid_alice".into()),
         group: Some("default".into()),
-        model: model.map(str::to_owned),
+        model: model.map(Into::into),
         provider: Some("openai".into()),
         status,
         latency_ms,

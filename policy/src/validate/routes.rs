@@ -109,8 +109,8 @@ impl Checker<'_> {
             return None;
         }
         Some(Target {
-            provider: provider.to_owned(),
-            model,
+            provider: provider.into(),
+            model: model.into(),
         })
     }
 }

@@ -115,19 +115,22 @@ pub async fn first_answer(
                     break;
                 }
             };
-            ctx.provider = Some(provider.name().to_owned());
-            ctx.upstream_model = Some(target.model().to_owned());
+            // The target names the provider by its name: the same text, shared.
+            ctx.provider = Some(Arc::clone(target.shared_provider()));
+            ctx.upstream_model = Some(Arc::clone(target.shared_model()));
             ctx.attempts += 1;
             let result = attempt(inference, target, provider, client, &snapshot, shared).await;
             let failure = match result {
                 Ok(answer) => {
                     pass.report(key, Outcome::Answered, breaker, &shared.recorder);
-                    shared.metrics.attempt(key.0, "answered");
+                    shared.metrics.attempt(target.shared_provider(), "answered");
                     return Ok(answer);
                 }
                 Err(failure) => failure,
             };
-            shared.metrics.attempt(key.0, failure.name());
+            shared
+                .metrics
+                .attempt(target.shared_provider(), failure.name());
             pass.report(
                 key,
                 failure.outcome(resilience.rate_limit_cooldown()),

@@ -93,7 +93,7 @@ pub async fn body(
                 what: "the body parser stopped",
             })??
     };
-    ctx.model = Some(inference.model.clone());
+    ctx.model = Some(inference.model.as_str().into());
     ctx.stream = inference.stream;
     Ok(inference)
 }

@@ -33,7 +33,7 @@ pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
         let caller = ctx.caller.as_ref();
         tracing::info!(
             request_id = ctx.id.as_str(),
-            client = %ctx.client,
+            client = crate::logging::IpText::new(ctx.client).as_str(),
             endpoint,
             key_id = caller.and_then(|c| c.key_id.as_deref()),
             group = caller.and_then(|c| c.group.as_deref()),
@@ -91,9 +91,9 @@ pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
                 logging.retention(),
                 AggregateRow {
                     at_ms: ctx.at_ms,
-                    group,
-                    model: ctx.model.clone().unwrap_or_default(),
-                    provider: ctx.provider.clone().unwrap_or_default(),
+                    group: group.to_string(),
+                    model: ctx.model.as_deref().unwrap_or_default().to_owned(),
+                    provider: ctx.provider.as_deref().unwrap_or_default().to_owned(),
                     error: ctx.status >= 400,
                     tokens_in: ctx.usage.input.unwrap_or(0),
                     tokens_out: ctx.usage.output.unwrap_or(0),

@@ -49,14 +49,14 @@ fn request(
     RequestRow {
         at_ms,
         request_id: format!("req_{at_ms}_{latency_ms}"),
-        key_id: key.map(str::to_owned),
-        group: key.map(|_| "team".to_owned()),
-        model: model.map(str::to_owned),
+        key_id: key.map(Into::into),
+        group: key.map(|_| "team".into()),
+        model: model.map(Into::into),
         provider: model.map(|m| {
             if m.starts_with("gpt") {
-                "openai".to_owned()
+                "openai".into()
             } else {
-                "anthropic".to_owned()
+                "anthropic".into()
             }
         }),
         status,
