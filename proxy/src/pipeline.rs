@@ -128,7 +128,7 @@ async fn stages(
     shared: &Shared,
 ) -> Result<Outcome, Reject> {
     let (parts, body) = request.into_parts();
-    admit::address(ctx, shared)?;
+    admit::address(&parts, ctx, shared)?;
     accept::limits(&parts, ctx)?;
     if crate::cors::is_preflight(&parts) {
         return Ok(Outcome::Answered(crate::cors::preflight(&parts, ctx)?));

@@ -25,14 +25,22 @@ use crate::error::Reject;
 use crate::lockout::{Failure, Rules};
 
 /// Admits the client address: allow and deny lists, then the lockout.
-pub fn address(ctx: &RequestCtx, shared: &Shared) -> Result<(), Reject> {
-    if !ctx.snapshot.policy().access().ip_admitted(ctx.client) {
+pub fn address(parts: &Parts, ctx: &mut RequestCtx, shared: &Shared) -> Result<(), Reject> {
+    let access = ctx.snapshot.policy().access();
+    if !access.ip_admitted(ctx.client) {
         return Err(Reject::AddressDenied);
     }
     match shared.lockouts.locked(ClientKey::of(ctx.client), ctx.at_ms) {
-        Some(left) => Err(Reject::LockedOut {
-            retry_after_secs: seconds(left),
-        }),
+        Some(left) => {
+            // A page from an allowed origin may read the 429 and its `Retry-After` (a
+            // header match only: no key is looked at).
+            if let Origin::Allowed(origin) = cors::origin(&parts.headers, access) {
+                ctx.cors_origin = Some(origin);
+            }
+            Err(Reject::LockedOut {
+                retry_after_secs: seconds(left),
+            })
+        }
         None => Ok(()),
     }
 }

@@ -1271,6 +1271,66 @@ fn by_default_every_browser_origin_is_refused() {
     );
 }
 
+/// A locked address's 429 carries the CORS headers when the page's origin is allowed, so a
+/// browser client can read it and its `Retry-After`; a refused origin gets none (the lock is
+/// still answered first).
+#[test]
+fn a_lockout_429_is_readable_by_an_allowed_origin_only() {
+    let home = TempHome::init();
+    let upstream = MockUpstream::start();
+    let access = "cors_origins = [\"https://app.example.com\"]";
+    let lockout = "[access.lockout]\nmax_failures = 2\nwindow_secs = 600\nlockout_secs = 600\n\n";
+    home.write_policy(&edge_policy(FIRST_SERIAL, access, lockout, &upstream));
+    let (_, valid) = create_key(&home, "valid", &[]);
+    let krouter = Krouter::spawn(&home, &[]);
+    let url = krouter.url("/v1/chat/completions");
+    let allowed = "https://app.example.com";
+    let post = |origin: &str, key: &str| {
+        let auth = format!("Bearer {key}");
+        send(
+            "POST",
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+                ("origin", origin),
+            ],
+            &chat_body("chat"),
+        )
+    };
+    let wrong = bad_checksum(&valid);
+    assert_eq!(post(allowed, &wrong).status, 401, "failure 1");
+    let locking = post(allowed, &wrong);
+    assert_openai_429(&locking, 600, "the failure that locks");
+    let locked = post(allowed, &valid);
+    assert_openai_429(&locked, 600, "locked, valid key, allowed origin");
+    for reply in [&locking, &locked] {
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some(allowed),
+            "{reply:?}"
+        );
+        let exposed = reply
+            .header("access-control-expose-headers")
+            .unwrap_or_default();
+        assert!(exposed.contains("retry-after"), "{reply:?}");
+        assert!(
+            reply.header("access-control-allow-credentials").is_none(),
+            "{reply:?}"
+        );
+    }
+    let refused = post("https://evil.example", &valid);
+    assert_openai_429(&refused, 600, "locked, refused origin");
+    assert!(
+        refused.header("access-control-allow-origin").is_none(),
+        "{refused:?}"
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "a locked request went upstream"
+    );
+}
+
 // === log lines ===
 
 /// A client cannot forge a log line: a model name carrying CR/LF and a JSON line of its own
