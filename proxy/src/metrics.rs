@@ -64,7 +64,8 @@ pub struct Metrics {
 struct RequestLabels {
     endpoint: &'static str,
     status: u16,
-    provider: Arc<str>,
+    /// `None` (no provider tried) is written as an empty value.
+    provider: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,7 +198,7 @@ impl Metrics {
         let labels = RequestLabels {
             endpoint,
             status: ctx.status,
-            provider: ctx.provider.clone().unwrap_or_else(|| Arc::from("")),
+            provider: ctx.provider.clone(),
         };
         self.requests.get_or_create(&labels).inc();
         let by = EndpointLabels { endpoint };

@@ -83,7 +83,7 @@ pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
             "request (no_log group)"
         );
         let logging = ctx.snapshot.policy().logging();
-        let group = ctx.caller.as_ref().and_then(|c| c.group.clone());
+        let group = ctx.caller.as_ref().and_then(|c| c.group.as_deref());
         if let Some(group) = group
             && logging.request_metadata()
         {
@@ -91,7 +91,7 @@ pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
                 logging.retention(),
                 AggregateRow {
                     at_ms: ctx.at_ms,
-                    group: group.to_string(),
+                    group: group.to_owned(),
                     model: ctx.model.as_deref().unwrap_or_default().to_owned(),
                     provider: ctx.provider.as_deref().unwrap_or_default().to_owned(),
                     error: ctx.status >= 400,
