@@ -133,28 +133,10 @@ impl RelayBody {
     /// The part of `data` that ends on an event boundary, for a server-sent event stream;
     /// the rest waits in `partial`. Other bodies pass whole.
     fn whole_events(&mut self, data: Bytes) -> Option<Bytes> {
-        let Some(partial) = &mut self.partial else {
-            return Some(data);
-        };
-        if partial.is_empty() {
-            let end = events_end(&data);
-            if end == data.len() {
-                return Some(data);
-            }
-            partial.extend_from_slice(data.get(end..).unwrap_or_default());
-            return (end > 0).then(|| data.slice(..end));
+        match &mut self.partial {
+            Some(partial) => whole_events(partial, data),
+            None => Some(data),
         }
-        partial.extend_from_slice(&data);
-        let end = if partial.len() > MAX_PARTIAL {
-            partial.len()
-        } else {
-            events_end(partial)
-        };
-        if end == 0 {
-            return None;
-        }
-        let rest = partial.split_off(end);
-        Some(Bytes::from(std::mem::replace(partial, rest)))
     }
 
     /// `data` as the client should see it: without the usage-only chunk krouter asked the
@@ -293,11 +275,39 @@ fn is_usage_chunk(event: &[u8]) -> bool {
         .is_ok_and(|chunk| chunk.choices.is_empty() && chunk.usage.is_some())
 }
 
+/// The part of `partial` and then `data` that ends on an event boundary; the rest stays in
+/// `partial` (past [`MAX_PARTIAL`] bytes without a boundary, everything goes). Only the new
+/// bytes are searched for a boundary (`partial` has none), so an upstream that sends an
+/// event a byte at a time costs linear time, not quadratic.
+fn whole_events(partial: &mut Vec<u8>, data: Bytes) -> Option<Bytes> {
+    if partial.is_empty() {
+        let end = events_end(&data, 0);
+        if end == data.len() {
+            return Some(data);
+        }
+        partial.extend_from_slice(data.get(end..).unwrap_or_default());
+        return (end > 0).then(|| data.slice(..end));
+    }
+    let searched = partial.len();
+    partial.extend_from_slice(&data);
+    let end = if partial.len() > MAX_PARTIAL {
+        partial.len()
+    } else {
+        events_end(partial, searched)
+    };
+    if end == 0 {
+        return None;
+    }
+    let rest = partial.split_off(end);
+    Some(Bytes::from(std::mem::replace(partial, rest)))
+}
+
 /// Where the last complete server-sent event in `bytes` ends (just after its blank line), or
-/// 0. Lines end with LF, CRLF or CR.
-fn events_end(bytes: &[u8]) -> usize {
+/// 0; only ends past `after` are looked for (the bytes up to it are known to hold none).
+/// Lines end with LF, CRLF or CR.
+fn events_end(bytes: &[u8], after: usize) -> usize {
     let mut at = bytes.len();
-    while at >= 2 {
+    while at >= 2 && at > after {
         let before = bytes.get(..at).unwrap_or_default();
         if before.ends_with(b"\n\n") || before.ends_with(b"\r\r") || before.ends_with(b"\r\n\r\n") {
             return at;
@@ -333,13 +343,53 @@ mod tests {
 
     #[test]
     fn events_end_after_the_last_blank_line() {
-        assert_eq!(events_end(b"data: a\n\n"), 9);
-        assert_eq!(events_end(b"data: a\n\ndata: b"), 9);
-        assert_eq!(events_end(b"data: a\r\n\r\ndata: b\r\n"), 11);
-        assert_eq!(events_end(b"data: a\r\rdata"), 9);
-        assert_eq!(events_end(b"data: a\n"), 0);
-        assert_eq!(events_end(b""), 0);
-        assert_eq!(events_end(b"\n"), 0);
+        assert_eq!(events_end(b"data: a\n\n", 0), 9);
+        assert_eq!(events_end(b"data: a\n\ndata: b", 0), 9);
+        assert_eq!(events_end(b"data: a\r\n\r\ndata: b\r\n", 0), 11);
+        assert_eq!(events_end(b"data: a\r\rdata", 0), 9);
+        assert_eq!(events_end(b"data: a\n", 0), 0);
+        assert_eq!(events_end(b"", 0), 0);
+        assert_eq!(events_end(b"\n", 0), 0);
+        // Only ends past `after`: a boundary whose last byte is new counts.
+        assert_eq!(events_end(b"data: a\n\ndata: b\n", 9), 0);
+        assert_eq!(events_end(b"data: a\n\ndata: b\n\n", 17), 18);
+        assert_eq!(events_end(b"data: a\r\n\r\n", 10), 11);
+    }
+
+    #[test]
+    fn a_stream_sent_a_byte_at_a_time_comes_out_whole_events_in_order() {
+        let stream: &[u8] =
+            b"data: {\"a\":1}\n\nevent: x\r\ndata: b\r\n\r\n: comment\r\rdata: [DONE]\n\ntail";
+        let mut partial = Vec::new();
+        let mut out: Vec<Bytes> = Vec::new();
+        for byte in stream {
+            out.extend(whole_events(&mut partial, Bytes::copy_from_slice(&[*byte])));
+        }
+        let events: Vec<&[u8]> = out.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            events,
+            [
+                &b"data: {\"a\":1}\n\n"[..],
+                b"event: x\r\ndata: b\r\n\r\n",
+                b": comment\r\r",
+                b"data: [DONE]\n\n",
+            ]
+        );
+        assert_eq!(partial, b"tail");
+        // Chunks that hold several events and parts of others.
+        let mut partial = Vec::new();
+        let mut joined = Vec::new();
+        for chunk in stream.chunks(7) {
+            if let Some(out) = whole_events(&mut partial, Bytes::copy_from_slice(chunk)) {
+                assert!(
+                    events_end(&out, 0) == out.len(),
+                    "{out:?} ends on a boundary"
+                );
+                joined.extend_from_slice(&out);
+            }
+        }
+        joined.extend_from_slice(&partial);
+        assert_eq!(joined, stream);
     }
 
     #[test]
