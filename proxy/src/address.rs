@@ -77,7 +77,9 @@ impl fmt::Display for ClientKey {
     }
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+/// Whether `ip` (IPv4-mapped addresses taken as IPv4) is one of the `trusted` proxies.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = canonical(ip);
     trusted.iter().any(|net| net.contains(&ip))
 }
 

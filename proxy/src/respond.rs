@@ -209,7 +209,8 @@ pub fn describe(reject: &Reject) -> (StatusCode, ErrorKind, &'static str) {
 /// doubt (what follows on the connection cannot be trusted to be a request), when a method
 /// might carry a body or a tunnel krouter does not read, and when a body was refused
 /// part-way or before it was read (reading it only to throw it away would hold the
-/// connection for the client), and for a locked-out address (it keeps no connection open).
+/// connection for the client), and for a locked-out or denied address (it keeps no
+/// connection open).
 pub fn closes_connection(reject: &Reject) -> bool {
     match reject {
         Reject::Framing { .. }
@@ -217,9 +218,9 @@ pub fn closes_connection(reject: &Reject) -> bool {
         | Reject::BodyTooLarge
         | Reject::BodyTimeout
         | Reject::BodyTooSlow
-        | Reject::LockedOut { .. } => true,
+        | Reject::LockedOut { .. }
+        | Reject::AddressDenied => true,
         Reject::NoRoute
-        | Reject::AddressDenied
         | Reject::OriginDenied
         | Reject::RateLimited { .. }
         | Reject::MissingKey

@@ -54,6 +54,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The whole answer to a connection over the cap.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n";
+/// The whole answer to a connection from an address the policy's lists refuse (a peer that
+/// is not a trusted proxy): written as it connects, before anything is read, and closed.
+const DENIED: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 119\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n{\"error\":{\"message\":\"Requests from this address are not allowed.\",\"type\":\"permission_error\",\"param\":null,\"code\":null}}\n";
 
 /// The connection builders for the policy in force, rebuilt when the policy changes.
 struct Builders {
@@ -127,6 +130,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         };
         let snapshot = shared.live.load();
         let policy = snapshot.policy();
+        // The address lists come before anything else: a peer that is the client (not a
+        // trusted proxy) and is refused takes no connection slot and sends nothing that is
+        // read. Behind a trusted proxy the forwarded client is judged per request.
+        let access = policy.access();
+        if !access.ip_admitted(peer.ip())
+            && !crate::address::is_trusted(peer.ip(), access.trusted_proxies())
+        {
+            tracing::debug!(client = %peer.ip(), "connection from a denied address refused");
+            let _ = stream.try_write(DENIED);
+            continue;
+        }
         let limits = *policy.limits();
         let cap = usize::try_from(limits.max_connections()).unwrap_or(usize::MAX);
         if open.load(Ordering::Acquire) >= cap {
@@ -478,6 +492,19 @@ mod tests {
             let unread = stream.peek(&mut all).await.unwrap();
             (sniffed, unread)
         })
+    }
+
+    #[test]
+    fn the_denied_answer_is_one_whole_response_with_its_body_length() {
+        let text = std::str::from_utf8(DENIED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["type"], "permission_error");
     }
 
     #[test]
