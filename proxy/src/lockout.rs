@@ -6,8 +6,9 @@
 //! queued to the state database (through the [`Recorder`]), from which [`Lockouts::restore`]
 //! rebuilds it at start-up, so a restart does not reset anyone. The table is bounded: past
 //! [`MAX_CLIENTS`] addresses, the failure counts of clients that are not locked are
-//! forgotten (locks are kept), so an attacker rotating addresses costs memory only up to
-//! the bound.
+//! forgotten, and when locks in force alone fill it, the sixteenth of them that end soonest
+//! go too, so an attacker rotating addresses costs memory only up to the bound. (One who can
+//! lock that many addresses gains no guesses by it that the addresses do not already give.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,7 +80,7 @@ impl Lockouts {
         // Restored failures are trimmed to the policy's bound on their next use; past the
         // table's bound, counts go before locks, as while serving.
         if table.len() > MAX_CLIENTS {
-            table.retain(|_, entry| entry.locked_until > 0);
+            make_room(&mut table, 0);
         }
         Self {
             tracked: AtomicUsize::new(table.len()),
@@ -110,7 +111,7 @@ impl Lockouts {
         let max = usize::try_from(rules.max_failures).unwrap_or(usize::MAX);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if table.len() >= MAX_CLIENTS && !table.contains_key(&client) {
-            forget_unlocked(&mut table, now_ms);
+            make_room(&mut table, now_ms);
         }
         let entry = table.entry(client).or_default();
         while entry
@@ -180,13 +181,31 @@ impl From<&Lockout> for Rules {
     }
 }
 
-/// Past the bound: keep the locks, forget the counts (and any lock that has ended).
-fn forget_unlocked(table: &mut HashMap<ClientKey, Entry>, now_ms: i64) {
+/// Past the bound: forget the counts of clients that are not locked (and locks that have
+/// ended); if locks in force still fill the table, drop the sixteenth that end soonest. Each
+/// call frees at least that much room, so the scans it takes are paid once per thousands of
+/// new clients, not per failure.
+fn make_room(table: &mut HashMap<ClientKey, Entry>, now_ms: i64) {
     let before = table.len();
     table.retain(|_, entry| entry.locked_until > now_ms);
+    let forgotten = before - table.len();
+    let mut dropped = 0;
+    if table.len() + MAX_CLIENTS / 16 > MAX_CLIENTS {
+        let mut ends: Vec<i64> = table.values().map(|entry| entry.locked_until).collect();
+        let cut = (table.len() + MAX_CLIENTS / 16).saturating_sub(MAX_CLIENTS);
+        if let Some(last) = cut.checked_sub(1) {
+            let (_, threshold, _) = ends.select_nth_unstable(last);
+            let threshold = *threshold;
+            let locks = table.len();
+            table.retain(|_, entry| entry.locked_until > threshold);
+            dropped = locks - table.len();
+        }
+    }
     tracing::warn!(
-        forgotten = before - table.len(),
-        "lockout table full: failure counts of clients that are not locked were reset"
+        forgotten,
+        locks_dropped = dropped,
+        "lockout table full: failure counts of clients that are not locked were reset, and \
+         the locks that end soonest dropped when locks alone filled it"
     );
 }
 
@@ -278,5 +297,44 @@ mod tests {
         assert!(table.locked(locked, 3).is_some(), "a lock was forgotten");
         table.prune(10_000_000, Duration::from_secs(60));
         assert_eq!(table.table.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_locks_alone_fill_the_table() {
+        let table = Lockouts::default();
+        let recorder = Recorder::disconnected();
+        // One failure locks; each address's lock ends a millisecond after the one before.
+        let rules = rules(1, 60, 900);
+        let ip = |n: u32| ClientKey::of(IpAddr::from((0x0a00_0000_u32 + n).to_be_bytes()));
+        let total = MAX_CLIENTS as u32 * 2;
+        for n in 0..total {
+            assert!(matches!(
+                table.fail(ip(n), i64::from(n), rules, &recorder),
+                Failure::Locked(_)
+            ));
+            let len = table.table.lock().unwrap().len();
+            assert!(len <= MAX_CLIENTS, "{len} after {n}");
+        }
+        let now = i64::from(total);
+        // The newest locks hold; the oldest (ending soonest) were the ones dropped.
+        assert!(table.locked(ip(total - 1), now).is_some());
+        assert!(
+            table
+                .locked(ip(total - MAX_CLIENTS as u32 / 2), now)
+                .is_some()
+        );
+        assert!(table.locked(ip(0), now).is_none());
+        // A restart from more locks than the bound keeps the ones that end last.
+        let state = LockoutState {
+            failures: Vec::new(),
+            locks: (0..total)
+                .map(|n| (ip(n).to_string(), 1_000_000 + i64::from(n)))
+                .collect(),
+        };
+        let restored = Lockouts::restore(state);
+        let len = restored.table.lock().unwrap().len();
+        assert!(len <= MAX_CLIENTS, "{len}");
+        assert!(restored.locked(ip(total - 1), 0).is_some());
+        assert!(restored.locked(ip(0), 0).is_none());
     }
 }
