@@ -58,9 +58,8 @@ pub fn of(method: &Method, path: &str) -> Result<Class, Reject> {
             allow: allow.unwrap_or(""),
         });
     }
-    // CORS-PREFLIGHT: an `OPTIONS` request reaches this point like any other and is refused
-    // below with 405 and `Allow`. Preflight answers for `[access] cors_origins` belong here,
-    // before the method checks, as their own `Class`.
+    // A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) was answered before
+    // this stage (`crate::cors`); any other `OPTIONS` is refused below with 405 and `Allow`.
     if let Some(class) = health {
         return if method == Method::GET || method == Method::HEAD {
             Ok(class)

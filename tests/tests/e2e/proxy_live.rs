@@ -4,7 +4,7 @@
 //! the request metadata rows in `state/state.sqlite`.
 //!
 //! The design figure for a change to reach the proxy is one second (DESIGN.md §1; the watcher
-//! looks every 250 ms). The polls below allow [`DEADLINE`] so that a loaded two-core machine
+//! looks every 100 ms). The polls below allow [`DEADLINE`] so that a loaded two-core machine
 //! does not flake; a watcher that never fires still fails them.
 
 use std::collections::HashMap;
