@@ -67,12 +67,20 @@ pub fn targets(
     Ok(available)
 }
 
-/// The `GET /v1/models` body: the routes the caller may use, in the caller's dialect.
+/// The `GET /v1/models` body: the routes the caller may use over its API (those with a
+/// target whose provider speaks the caller's dialect), in the caller's dialect.
 pub fn models(ctx: &RequestCtx) -> Bytes {
     let policy = ctx.snapshot.policy();
     let names = policy
         .routes()
         .iter()
+        .filter(|route| {
+            route.targets().iter().any(|t| {
+                policy
+                    .provider(t.provider())
+                    .is_some_and(|p| speaks(p.kind(), ctx.dialect))
+            })
+        })
         .map(krouter_policy::Route::model)
         .filter(|model| may_use(policy, ctx, model));
     match ctx.dialect {

@@ -458,6 +458,26 @@ fn requests_krouter_refuses_get_the_dialect_error_object_and_never_reach_the_ups
     }
 
     let krouter = Krouter::spawn(&home, &[]);
+    // The model list holds the routes the caller may use over its own API only.
+    let listed = |headers: &[(&str, &str)]| -> Vec<String> {
+        let reply = send("GET", &krouter.url("/v1/models"), headers, "");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let list = reply.json();
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let bearer = format!("Bearer {key}");
+    assert_eq!(listed(&[("authorization", &bearer)]), ["chat", "other"]);
+    assert_eq!(
+        listed(&[("x-api-key", &key), ("anthropic-version", "2023-06-01")]),
+        ["claude"]
+    );
+    let limited_bearer = format!("Bearer {limited}");
+    assert_eq!(listed(&[("authorization", &limited_bearer)]), ["other"]);
     let mut replies = Vec::new();
     for row in &rows {
         let headers: Vec<(&str, &str)> =
