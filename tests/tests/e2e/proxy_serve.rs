@@ -275,6 +275,23 @@ fn head_values(head: &str, name: &str) -> Vec<String> {
 // === tests ===
 
 /// A home whose policy routes `chat` to an OpenAI-compatible mock that demands a credential.
+/// The model ids `GET /v1/models` lists for a request with `headers` (either API's list:
+/// both carry `data[].id`).
+fn model_ids(krouter: &Krouter, headers: &[(&str, &str)]) -> Vec<String> {
+    let reply = send("GET", &krouter.url("/v1/models"), headers, "");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let list = reply.json();
+    if list.get("has_more").is_none() {
+        assert_eq!(list["object"], "list", "{list}");
+    }
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn openai_setup() -> (TempHome, MockUpstream, String) {
     let home = TempHome::init();
     let credential = fake_secret("sk-upstream-", 32);
@@ -459,17 +476,7 @@ fn requests_krouter_refuses_get_the_dialect_error_object_and_never_reach_the_ups
 
     let krouter = Krouter::spawn(&home, &[]);
     // The model list holds the routes the caller may use over its own API only.
-    let listed = |headers: &[(&str, &str)]| -> Vec<String> {
-        let reply = send("GET", &krouter.url("/v1/models"), headers, "");
-        assert_eq!(reply.status, 200, "{reply:?}");
-        let list = reply.json();
-        list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let listed = |headers: &[(&str, &str)]| model_ids(&krouter, headers);
     let bearer = format!("Bearer {key}");
     assert_eq!(listed(&[("authorization", &bearer)]), ["chat", "other"]);
     assert_eq!(
@@ -879,23 +886,7 @@ fn embeddings_responses_and_the_model_list_follow_the_openai_api() {
         "{line}"
     );
 
-    let model_ids = |key: &str| -> Vec<String> {
-        let reply = send(
-            "GET",
-            &krouter.url("/v1/models"),
-            &[("authorization", &format!("Bearer {key}"))],
-            "",
-        );
-        assert_eq!(reply.status, 200, "{reply:?}");
-        let list = reply.json();
-        assert_eq!(list["object"], "list");
-        list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let model_ids = |key: &str| model_ids(&krouter, &[("authorization", &format!("Bearer {key}"))]);
     assert_eq!(model_ids(&key), ["chat", "embed", "resp"]);
     assert_eq!(model_ids(&limited), ["embed"]);
     let refused = post(
