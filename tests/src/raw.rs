@@ -299,21 +299,132 @@ pub mod h2 {
         block(&all)
     }
 
+    /// One frame the server sent.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Frame {
+        /// Its type.
+        pub kind: u8,
+        /// Its flags.
+        pub flags: u8,
+        /// Its stream (0 for the connection).
+        pub stream: u32,
+        /// Its payload.
+        pub payload: Vec<u8>,
+    }
+
+    /// How the server answered a stream.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Answer {
+        /// A response head with this status (`None` when its encoding is not one this
+        /// reader knows: see [`status`]).
+        Headers(Option<u16>),
+        /// RST_STREAM with this error code.
+        Reset(u32),
+        /// GOAWAY with this error code, before any answer on the stream.
+        GoAway(u32),
+    }
+
+    /// RST_STREAM's PROTOCOL_ERROR.
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    /// RST_STREAM's REFUSED_STREAM.
+    pub const REFUSED_STREAM: u32 = 0x7;
+    /// GOAWAY's ENHANCE_YOUR_CALM.
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    /// The SETTINGS parameter SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+    /// The next frame, or `None` on a close or at `deadline`.
+    pub fn read(raw: &mut Raw, deadline: Instant) -> Option<Frame> {
+        let head = raw.read_exact(9, deadline)?;
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let payload = raw.read_exact(length, deadline)?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
     /// The type of the first HEADERS or RST_STREAM frame the server sends on `stream` (its
     /// answer, or its refusal), or `None` on GOAWAY, close or at the end of `limit`.
     pub fn answer(raw: &mut Raw, stream: u32, limit: Duration) -> Option<u8> {
+        match reply(raw, stream, limit)? {
+            Answer::Headers(_) => Some(HEADERS),
+            Answer::Reset(_) => Some(RST_STREAM),
+            Answer::GoAway(_) => None,
+        }
+    }
+
+    /// The server's first HEADERS or RST_STREAM on `stream` or its GOAWAY, or `None` on a
+    /// close or at the end of `limit`.
+    pub fn reply(raw: &mut Raw, stream: u32, limit: Duration) -> Option<Answer> {
+        replies(raw, &[stream], limit)[0]
+    }
+
+    /// [`reply`] for each of `streams`, in whatever order the server answers them; a
+    /// GOAWAY answers every stream not answered yet.
+    pub fn replies(raw: &mut Raw, streams: &[u32], limit: Duration) -> Vec<Option<Answer>> {
         let deadline = Instant::now() + limit;
-        loop {
-            let head = raw.read_exact(9, deadline)?;
-            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            raw.read_exact(length, deadline)?;
-            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            match head[3] {
-                GOAWAY => return None,
-                HEADERS | RST_STREAM if on == stream => return Some(head[3]),
-                _ => {}
+        let mut answers = vec![None; streams.len()];
+        while answers.contains(&None) {
+            let Some(frame) = read(raw, deadline) else {
+                break;
+            };
+            let answer = match frame.kind {
+                HEADERS => Answer::Headers(status(&frame.payload)),
+                RST_STREAM => Answer::Reset(frame.payload.get(..4).map_or(0, code)),
+                GOAWAY => {
+                    let goaway = Answer::GoAway(frame.payload.get(4..8).map_or(0, code));
+                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                        *answer = Some(goaway);
+                    }
+                    break;
+                }
+                _ => continue,
+            };
+            if let Some(i) = streams.iter().position(|&s| s == frame.stream) {
+                answers[i].get_or_insert(answer);
             }
         }
+        answers
+    }
+
+    /// The parameters of a SETTINGS frame's payload, in order.
+    pub fn settings(payload: &[u8]) -> Vec<(u16, u32)> {
+        payload
+            .chunks_exact(6)
+            .map(|p| {
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                )
+            })
+            .collect()
+    }
+
+    /// The `:status` a response header block starts with, when it is one of HPACK's static
+    /// table entries (200, 204, 206, 304, 400, 404, 500), or a literal with the `:status`
+    /// name indexed and a three-digit value not Huffman-coded. A server's encoder puts
+    /// `:status` first and, on a fresh connection, nothing else is needed to read it.
+    pub fn status(block: &[u8]) -> Option<u16> {
+        const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+        let first = *block.first()?;
+        if first & 0x80 != 0 {
+            let index = usize::from(first & 0x7f);
+            return (8..=14).contains(&index).then(|| STATIC[index - 8]);
+        }
+        // Literal with incremental indexing (6-bit index), or without / never indexed
+        // (4-bit index): the name must be one of the `:status` entries (8 to 14).
+        let index = if first & 0x40 != 0 {
+            first & 0x3f
+        } else {
+            first & 0x0f
+        };
+        if !(8..=14).contains(&index) || block.get(1) != Some(&3) {
+            return None;
+        }
+        std::str::from_utf8(block.get(2..5)?).ok()?.parse().ok()
     }
 
     /// RST_STREAM with `code`.
@@ -325,26 +436,22 @@ pub mod h2 {
     pub fn end(raw: &mut Raw, limit: Duration) -> End {
         let deadline = Instant::now() + limit;
         loop {
-            let Some(head) = raw.read_exact(9, deadline) else {
+            let Some(frame) = read(raw, deadline) else {
                 return if Instant::now() >= deadline {
                     End::Open
                 } else {
                     End::Closed
                 };
             };
-            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let Some(payload) = raw.read_exact(length, deadline) else {
-                return if Instant::now() >= deadline {
-                    End::Open
-                } else {
-                    End::Closed
-                };
-            };
-            if head[3] == GOAWAY && payload.len() >= 8 {
-                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-                return End::GoAway(code);
+            if let (GOAWAY, Some(bytes)) = (frame.kind, frame.payload.get(4..8)) {
+                return End::GoAway(code(bytes));
             }
         }
+    }
+
+    /// An error code: four bytes, big-endian.
+    fn code(bytes: &[u8]) -> u32 {
+        bytes.iter().fold(0, |code, &b| code << 8 | u32::from(b))
     }
 
     /// An HPACK string literal, not Huffman-coded.
