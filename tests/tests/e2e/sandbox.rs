@@ -6,8 +6,11 @@
 //! restart; and the proxy runs unchanged on a read-only root with only its state directory
 //! writable (a private mount namespace, `unshare -rm`).
 //!
-//! These tests need a kernel with Landlock ABI 6 (Linux 6.12) or later: the sandbox must be
-//! fully enforced here, or they fail.
+//! The whole sandbox needs Landlock ABI 6 (Linux 6.12). On an older kernel, or one booted
+//! without Landlock, the tests that need all of it check instead what krouter must do there
+//! (say what it cannot enforce, refuse `--require-sandbox` with exit 4) and print a NOTE
+//! saying the full checks did not run; that is judged from the kernel, not from krouter, so a
+//! krouter that misjudges a capable kernel still fails here.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
@@ -63,6 +66,55 @@ fn chat(krouter: &Krouter, key: &str, model: &str) -> Reply {
         Some(key),
         &format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
     )
+}
+
+/// Whether this kernel can enforce the whole sandbox: Linux 6.12 or later (Landlock ABI 6),
+/// with Landlock among the active security modules when the system lets that be read. When
+/// it cannot, checks that krouter says so and refuses `--require-sandbox`, and prints why
+/// the test `name` did not run its full checks.
+fn whole_sandbox_here(name: &str) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    // securityfs is often not mounted in containers: then only the version can tell.
+    let landlock_off = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|modules| !modules.split(',').any(|m| m.trim() == "landlock"));
+    if version >= (6, 12) && !landlock_off {
+        return true;
+    }
+    eprintln!(
+        "NOTE {name}: Linux {} {}cannot enforce the whole sandbox, so its full checks did not run; checked instead that krouter says so and refuses --require-sandbox",
+        release.trim(),
+        if landlock_off {
+            "without Landlock "
+        } else {
+            ""
+        }
+    );
+    let home = TempHome::init();
+    let check = run(Krouter::command(&home, &["check", "--sandbox"], &[]));
+    assert!(
+        check
+            .stdout
+            .contains("sandbox: partially enforced; this kernel cannot enforce: ")
+            || check.stdout.contains("sandbox: not enforced: "),
+        "{check:?}"
+    );
+    let serve = run(Krouter::command(
+        &home,
+        &["serve", "--require-sandbox"],
+        &[("KROUTER_LISTEN", "127.0.0.1:0")],
+    ));
+    assert_eq!(serve.code, 4, "{serve:?}");
+    assert!(
+        serve.stderr.starts_with(
+            "error: the sandbox is required (--require-sandbox or require_sandbox = true) but is "
+        ),
+        "{serve:?}"
+    );
+    false
 }
 
 /// `cmd` wrapped to run as on a kernel without Landlock; `None` (after saying SKIPPED) when
@@ -206,6 +258,9 @@ fn recorded_requests(home: &TempHome) -> Vec<String> {
 
 #[test]
 fn check_sandbox_applies_the_serving_sandbox_and_proves_each_rule() {
+    if !whole_sandbox_here("check_sandbox_applies_the_serving_sandbox_and_proves_each_rule") {
+        return;
+    }
     let home = TempHome::init();
     let state = home.root.join("state");
     let before = snapshot(&home.root, &state);
@@ -288,6 +343,10 @@ fn check_sandbox_fails_with_exit_1_naming_the_check_that_did_not_hold() {
 
 #[test]
 fn the_proxy_logs_that_the_sandbox_is_fully_enforced_and_serves_inside_it() {
+    if !whole_sandbox_here("the_proxy_logs_that_the_sandbox_is_fully_enforced_and_serves_inside_it")
+    {
+        return;
+    }
     let upstream = MockUpstream::start();
     let (home, key) = home_routing_to(&upstream);
     // Both ways of requiring it: the flag and the setting.
@@ -395,6 +454,10 @@ fn require_sandbox_is_a_usage_error_before_check_and_must_be_true_or_false() {
 
 #[test]
 fn a_later_policy_needing_a_new_upstream_port_is_refused_until_a_restart() {
+    if !whole_sandbox_here("a_later_policy_needing_a_new_upstream_port_is_refused_until_a_restart")
+    {
+        return;
+    }
     let first = MockUpstream::start();
     let second = MockUpstream::start();
     let (home, key) = home_routing_to(&first);
@@ -483,6 +546,11 @@ fn a_storage_key_rekey_while_serving_is_picked_up_inside_the_sandbox() {
 
 #[test]
 fn the_proxy_runs_unchanged_on_a_read_only_root_with_only_the_state_directory_writable() {
+    if !whole_sandbox_here(
+        "the_proxy_runs_unchanged_on_a_read_only_root_with_only_the_state_directory_writable",
+    ) {
+        return;
+    }
     let upstream = MockUpstream::start();
     let (home, key) = home_routing_to(&upstream);
     let state = home.root.join("state");
