@@ -303,13 +303,14 @@ fn retry_after(reject: &Reject) -> Option<u64> {
 /// The headers every response leaving krouter gets, its own or relayed:
 /// `X-Content-Type-Options: nosniff` (a JSON error must never be sniffed into HTML), no
 /// `Server` header (hyper writes none; an upstream's is never relayed, this makes sure), and
-/// `Cache-Control: no-store` on any error that does not say otherwise.
+/// `Cache-Control: no-store` on every error, relayed ones too: an error answers one request
+/// and one key, and an upstream's `max-age` on it must not let a shared cache replay it.
 pub fn secure<B>(response: &mut Response<B>) {
     let is_error = response.status().is_client_error() || response.status().is_server_error();
     let headers = response.headers_mut();
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.remove(SERVER);
-    if is_error && !headers.contains_key(CACHE_CONTROL) {
+    if is_error {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }
@@ -406,8 +407,16 @@ mod tests {
         *relayed.status_mut() = StatusCode::BAD_REQUEST;
         relayed
             .headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+            .insert(CACHE_CONTROL, HeaderValue::from_static("max-age=600"));
         secure(&mut relayed);
-        assert_eq!(relayed.headers()[CACHE_CONTROL], "private");
+        assert_eq!(relayed.headers()[CACHE_CONTROL], "no-store");
+
+        // A success keeps the upstream's own.
+        let mut cached = Response::new(());
+        cached
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("max-age=600"));
+        secure(&mut cached);
+        assert_eq!(cached.headers()[CACHE_CONTROL], "max-age=600");
     }
 }
