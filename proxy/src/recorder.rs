@@ -15,6 +15,10 @@ use krouter_config::state::{AggregateRow, AuthEvent, RequestRow, StateDb, Target
 /// Rows waiting to be written, at most. The queue is counted rather than preallocated:
 /// an idle proxy holds no slots, a busy one only the rows actually waiting.
 pub const QUEUE: usize = 4096;
+/// Room kept for locks beyond [`QUEUE`]: a flood of failed authentications that fills the
+/// queue must not also cost the locks it causes their rows, or a restart would free the
+/// flooder. Bounded like the rest: a lock takes `max_failures` failures first.
+const LOCK_RESERVE: usize = 1024;
 /// Rows written per transaction, at most.
 const BATCH: usize = 2048;
 /// How long the writer lets rows gather after the first one wakes it: a busy proxy costs
@@ -90,9 +94,14 @@ impl Recorder {
         self.queue(Message::Request(retention, row));
     }
 
-    /// Queues a lockout event, or drops and counts it if the queue is full.
+    /// Queues a lockout event, or drops and counts it if the queue is full (a lock has
+    /// [`LOCK_RESERVE`] more room than anything else).
     pub fn auth_event(&self, event: AuthEvent) {
-        self.queue(Message::Auth(event));
+        let room = match event {
+            AuthEvent::Locked { .. } => QUEUE + LOCK_RESERVE,
+            AuthEvent::Failure { .. } => QUEUE,
+        };
+        self.queue_within(Message::Auth(event), room);
     }
 
     /// Queues a target's new health, or drops and counts it if the queue is full.
@@ -117,11 +126,16 @@ impl Recorder {
     }
 
     fn queue(&self, message: Message) {
+        self.queue_within(message, QUEUE);
+    }
+
+    /// Queues `message` unless `room` messages are already waiting.
+    fn queue_within(&self, message: Message, room: usize) {
         let Some(queue) = &self.queue else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if self.pending.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= room {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -297,6 +311,42 @@ mod tests {
         }
         assert_eq!(left, QUEUE);
         assert_eq!(recorder.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_queue_full_of_failures_still_takes_the_locks_they_cause() {
+        let (queue, rows) = channel();
+        let recorder = Recorder {
+            queue: Some(queue),
+            pending: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let failure = || AuthEvent::Failure {
+            client: "192.0.2.1".to_owned(),
+            at_ms: 0,
+        };
+        let lock = || AuthEvent::Locked {
+            client: "192.0.2.1".to_owned(),
+            until_ms: 1,
+        };
+        for _ in 0..QUEUE {
+            recorder.auth_event(failure());
+        }
+        recorder.auth_event(failure());
+        recorder.send(Duration::ZERO, RequestRow::default());
+        assert_eq!(recorder.dropped(), 2, "the queue is full for all but locks");
+        for _ in 0..LOCK_RESERVE {
+            recorder.auth_event(lock());
+        }
+        assert_eq!(recorder.dropped(), 2, "every lock was queued");
+        recorder.auth_event(lock());
+        assert_eq!(recorder.dropped(), 3, "the reserve is bounded too");
+        drop(recorder);
+        let locks = rows
+            .iter()
+            .filter(|m| matches!(m, Message::Auth(AuthEvent::Locked { .. })))
+            .count();
+        assert_eq!(locks, LOCK_RESERVE);
     }
 
     #[test]
