@@ -287,6 +287,38 @@ fn a_key_revoked_while_running_is_refused_within_a_second_and_others_keep_workin
 }
 
 #[test]
+fn readyz_answers_503_while_the_store_cannot_be_read_and_200_once_it_can_again() {
+    let (live, keys) = Running::start("", CHAT, &[("app", "default")]);
+    let [(_, key)] = &keys[..] else {
+        unreachable!()
+    };
+    let ready = || send("GET", &live.krouter.url("/readyz"), &[], "");
+    assert_eq!(ready().status, 200);
+
+    // The store put aside, and a file that is no database renamed into its place.
+    let store = live.home.store();
+    let aside = store.with_extension("aside");
+    let broken = store.with_extension("broken");
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&broken, b"this is not an SQLite database, nowhere near").unwrap();
+    std::fs::rename(&broken, &store).unwrap();
+    let down = eventually(DEADLINE, "/readyz 503", &ready, |r| r.status == 503);
+    assert_eq!(down.json()["status"], "store unreadable", "{down:?}");
+    live.krouter.wait_for_log(
+        "cannot read the store; serving with the last good keys",
+        DEADLINE,
+    );
+    // Alive all along, and serving with the keys and credentials it last read.
+    let health = send("GET", &live.krouter.url("/healthz"), &[], "");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(live.chat(key, "chat").status, 200);
+
+    std::fs::rename(&aside, &store).unwrap();
+    eventually(DEADLINE, "/readyz 200 again", &ready, |r| r.status == 200);
+    assert_eq!(live.chat(key, "chat").status, 200);
+}
+
+#[test]
 fn a_rotated_key_gives_way_to_its_successor_after_the_grace_period() {
     let (live, keys) = Running::start("", CHAT, APP);
     let (first_id, first) = &keys[0];

@@ -182,6 +182,52 @@ pub(super) fn closed_port() -> u16 {
     listener.local_addr().expect("an address").port()
 }
 
+/// A loopback port whose connects hang: a listener that never accepts, with an accept
+/// queue of one already full, so the kernel drops every new SYN and a connector waits until
+/// its own timeout (the only way to time a connect out without leaving loopback).
+pub(super) struct BlackHole {
+    // Dropped before the runtime its listener is registered with.
+    listener: tokio::net::TcpListener,
+    _held: Vec<TcpStream>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl BlackHole {
+    pub(super) fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime");
+        let listener = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+                socket.listen(1)
+            })
+            .expect("a listener");
+        let addr = listener.local_addr().expect("an address");
+        let mut held = Vec::new();
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(stream) => held.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the accept queue: {e}"),
+            }
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        Self {
+            listener,
+            _held: held,
+            _runtime: runtime,
+        }
+    }
+
+    pub(super) fn base_url(&self) -> String {
+        let port = self.listener.local_addr().expect("an address").port();
+        format!("http://127.0.0.1:{port}/v1")
+    }
+}
+
 // === a bare upstream ===
 
 /// A bare HTTP/1.1 upstream on `127.0.0.1:0` that records each request head as sent (the
@@ -1007,6 +1053,7 @@ fn targets_fall_back_only_before_the_first_byte_and_upstream_errors_are_containe
     let first = MockUpstream::start();
     let second = MockUpstream::start();
     let closed = format!("http://127.0.0.1:{}/v1", closed_port());
+    let hole = BlackHole::start();
     let fast = "connect_timeout_ms = 500\nfirst_byte_timeout_ms = 500\n";
     let ok = "(model ok-model)";
     let detail: &[&str] = &[INTERNAL_DETAIL, "gpu-east", "worker.rs", "xxxxxxxx"];
@@ -1017,6 +1064,10 @@ fn targets_fall_back_only_before_the_first_byte_and_upstream_errors_are_containe
         // Refused or reset before an answer: tried once more ([resilience] retries = 1 by
         // default), then the next target.
         Fallback("via-closed-port", &["closed:any", "b:ok-model"], 200, ok, &[], (0, 1), 3),
+        // A connect that hangs is given up at the provider's connect timeout (300 ms): an
+        // answer within QUICK proves it, as the first byte would be waited for 30 s.
+        Fallback("via-connect-timeout", &["hole:any", "b:ok-model"], 200, ok, &[], (0, 1), 2),
+        Fallback("connect-timeout", &["hole:any"], 504, "did not answer in time", &[], (0, 0), 1),
         Fallback("after-drop", &["a:drop", "b:ok-model"], 200, ok, &[], (2, 1), 3),
         Fallback("only-drop", &["a:drop"], 502, "connection to the upstream provider broke", &[], (2, 0), 2),
         Fallback("via-hang", &["h:hang", "b:ok-model"], 200, ok, &[], (1, 1), 2),
@@ -1033,6 +1084,13 @@ fn targets_fall_back_only_before_the_first_byte_and_upstream_errors_are_containe
         provider("b", "openai-compatible", &second.base_url(), None, ""),
         provider("h", "openai-compatible", &first.base_url(), None, fast),
         provider("closed", "openai-compatible", &closed, None, fast),
+        provider(
+            "hole",
+            "openai-compatible",
+            &hole.base_url(),
+            None,
+            "connect_timeout_ms = 300\nfirst_byte_timeout_ms = 30000\n",
+        ),
     ]
     .concat();
     for Fallback(model, targets, ..) in &rows {
