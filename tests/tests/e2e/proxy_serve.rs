@@ -1200,12 +1200,21 @@ fn a_tls_upstream_is_reached_only_when_its_ca_is_trusted() {
         .tls(&ca)
         .start();
     home.set_credential("tls", "openai", &credential);
+    home.set_credential("tls-anthropic", "anthropic", &credential);
     let base_url = format!("https://localhost:{}/v1", upstream.port());
     home.write_policy(&policy(
         2,
         &[
             provider("tls", "openai", &base_url, Some("tls"), ""),
+            provider(
+                "tls-anthropic",
+                "anthropic",
+                &base_url,
+                Some("tls-anthropic"),
+                "",
+            ),
             route("chat", &["tls:real-model"]),
+            route("claude", &["tls-anthropic:claude-real"]),
         ]
         .concat(),
     ));
@@ -1220,7 +1229,19 @@ fn a_tls_upstream_is_reached_only_when_its_ca_is_trusted() {
     let stream = complete(&krouter, &key, &chat_stream("chat"));
     assert_eq!(stream.status, 200, "{stream:?}");
     assert!(stream.body.ends_with("data: [DONE]\n\n"), "{}", stream.body);
-    assert_eq!(upstream.requests().len(), 2);
+    // The Anthropic API over the same TLS, plain and streaming.
+    let url = krouter.url("/v1/messages");
+    let anthropic = post_anthropic(&url, &key, &message("claude", false));
+    assert_eq!(anthropic.status, 200, "{anthropic:?}");
+    assert_eq!(anthropic.json()["type"], "message", "{anthropic:?}");
+    let anthropic_stream = post_anthropic(&url, &key, &message("claude", true));
+    assert_eq!(anthropic_stream.status, 200, "{anthropic_stream:?}");
+    assert!(
+        anthropic_stream.body.contains("event: message_stop\n"),
+        "{}",
+        anthropic_stream.body
+    );
+    assert_eq!(upstream.requests().len(), 4);
     let (status, trusted_log) = krouter.stop();
     assert!(status.success(), "{trusted_log}");
 
@@ -1235,7 +1256,7 @@ fn a_tls_upstream_is_reached_only_when_its_ca_is_trusted() {
     assert_nothing_leaked(
         &home,
         &format!("{trusted_log}{log}"),
-        &[plain, stream, untrusted],
+        &[plain, stream, anthropic, anthropic_stream, untrusted],
         &[&key, &credential],
     );
 }
