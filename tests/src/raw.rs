@@ -405,7 +405,7 @@ pub mod h2 {
 
     /// The `:status` a response header block starts with, when it is one of HPACK's static
     /// table entries (200, 204, 206, 304, 400, 404, 500), or a literal with the `:status`
-    /// name indexed and a three-digit value not Huffman-coded. A server's encoder puts
+    /// name indexed and a three-digit value, plain or Huffman-coded. A server's encoder puts
     /// `:status` first and, on a fresh connection, nothing else is needed to read it.
     pub fn status(block: &[u8]) -> Option<u16> {
         const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
@@ -421,10 +421,53 @@ pub mod h2 {
         } else {
             first & 0x0f
         };
-        if !(8..=14).contains(&index) || block.get(1) != Some(&3) {
+        if !(8..=14).contains(&index) {
             return None;
         }
-        std::str::from_utf8(block.get(2..5)?).ok()?.parse().ok()
+        let length = *block.get(1)?;
+        let value = block.get(2..2 + usize::from(length & 0x7f))?;
+        let digits = if length & 0x80 == 0 {
+            value.to_vec()
+        } else {
+            huffman_digits(value)?
+        };
+        match digits.as_slice() {
+            [a, b, c] => std::str::from_utf8(&[*a, *b, *c]).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Decodes a Huffman-coded string of decimal digits (RFC 7541 appendix B: `0`-`2` are
+    /// the 5-bit codes `00000`-`00010`, `3`-`9` the 6-bit codes `011001`-`011111`), or
+    /// `None` when it holds anything else.
+    fn huffman_digits(bytes: &[u8]) -> Option<Vec<u8>> {
+        let bits: Vec<u8> = bytes
+            .iter()
+            .flat_map(|byte| (0..8).rev().map(move |i| (byte >> i) & 1))
+            .collect();
+        let value = |from: usize, n: usize| -> Option<u8> {
+            bits.get(from..from + n)
+                .map(|b| b.iter().fold(0, |v, bit| v << 1 | bit))
+        };
+        let mut digits = Vec::new();
+        let mut at = 0;
+        // Whatever is left at the end is padding: fewer than 8 bits, all ones.
+        while bits.len() - at >= 5 && bits[at..].contains(&0) {
+            match value(at, 5)? {
+                code @ 0..=2 => {
+                    digits.push(b'0' + code);
+                    at += 5;
+                }
+                _ => match value(at, 6)? {
+                    code @ 0b01_1001..=0b01_1111 => {
+                        digits.push(b'3' + (code - 0b01_1001));
+                        at += 6;
+                    }
+                    _ => return None,
+                },
+            }
+        }
+        (bits.len() - at < 8 && bits[at..].iter().all(|&bit| bit == 1)).then_some(digits)
     }
 
     /// RST_STREAM with `code`.
@@ -474,5 +517,26 @@ pub mod h2 {
             value /= 128;
         }
         out.push(value as u8);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_status_is_read_indexed_plain_or_huffman_coded() {
+            assert_eq!(status(&[0x88]), Some(200));
+            assert_eq!(status(&[0x8c]), Some(400));
+            assert_eq!(status(&[0x48, 3, b'4', b'3', b'1']), Some(431));
+            assert_eq!(status(&[0x08, 3, b'5', b'0', b'3']), Some(503));
+            // "431": 011010 011001 00001, then seven bits of padding.
+            assert_eq!(status(&[0x48, 0x83, 0x69, 0x90, 0xff]), Some(431));
+            // "200": 00010 00000 00000, then one bit of padding.
+            assert_eq!(status(&[0x48, 0x82, 0x10, 0x01]), Some(200));
+            // Not a status, not digits, or padding that is not all ones.
+            assert_eq!(status(&[0x81]), None);
+            assert_eq!(status(&[0x48, 0x81, 0xff]), None);
+            assert_eq!(status(&[0x48, 0x83, 0x69, 0x90, 0x00]), None);
+        }
     }
 }
