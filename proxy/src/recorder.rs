@@ -284,14 +284,20 @@ fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicB
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_queue_drops_and_counts_and_taking_a_message_frees_its_slot() {
+    /// A recorder whose queue nobody takes from unless the test does.
+    fn queued() -> (Recorder, Receiver<Message>) {
         let (queue, rows) = channel();
         let recorder = Recorder {
             queue: Some(queue),
             pending: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
         };
+        (recorder, rows)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_taking_a_message_frees_its_slot() {
+        let (recorder, rows) = queued();
         let taken = Taken {
             rows,
             pending: Arc::clone(&recorder.pending),
@@ -315,12 +321,7 @@ mod tests {
 
     #[test]
     fn a_queue_full_of_failures_still_takes_the_locks_they_cause() {
-        let (queue, rows) = channel();
-        let recorder = Recorder {
-            queue: Some(queue),
-            pending: Arc::new(AtomicUsize::new(0)),
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
+        let (recorder, rows) = queued();
         let failure = || AuthEvent::Failure {
             client: "192.0.2.1".to_owned(),
             at_ms: 0,
@@ -351,13 +352,8 @@ mod tests {
 
     #[test]
     fn a_recorder_whose_writer_is_gone_counts_what_it_drops() {
-        let (queue, rows) = channel();
+        let (recorder, rows) = queued();
         drop(rows);
-        let recorder = Recorder {
-            queue: Some(queue),
-            pending: Arc::new(AtomicUsize::new(0)),
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
         recorder.send(Duration::ZERO, RequestRow::default());
         assert_eq!(recorder.dropped(), 1);
         assert_eq!(recorder.pending.load(Ordering::Relaxed), 0);

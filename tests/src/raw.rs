@@ -346,16 +346,6 @@ pub mod h2 {
         })
     }
 
-    /// The type of the first HEADERS or RST_STREAM frame the server sends on `stream` (its
-    /// answer, or its refusal), or `None` on GOAWAY, close or at the end of `limit`.
-    pub fn answer(raw: &mut Raw, stream: u32, limit: Duration) -> Option<u8> {
-        match reply(raw, stream, limit)? {
-            Answer::Headers(_) => Some(HEADERS),
-            Answer::Reset(_) => Some(RST_STREAM),
-            Answer::GoAway(_) => None,
-        }
-    }
-
     /// The server's first HEADERS or RST_STREAM on `stream` or its GOAWAY, or `None` on a
     /// close or at the end of `limit`.
     pub fn reply(raw: &mut Raw, stream: u32, limit: Duration) -> Option<Answer> {

@@ -44,6 +44,15 @@ fn edge_policy(serial: u64, access: &str, tables: &str, upstream: &MockUpstream)
     )
 }
 
+/// A fresh home whose policy is [`edge_policy`] with `access` and `tables` at
+/// [`FIRST_SERIAL`], in front of a fresh mock upstream.
+fn edge_home(access: &str, tables: &str) -> (TempHome, MockUpstream) {
+    let home = TempHome::init();
+    let upstream = MockUpstream::start();
+    home.write_policy(&edge_policy(FIRST_SERIAL, access, tables, &upstream));
+    (home, upstream)
+}
+
 /// Creates a key with `krouter-admin keys create --label LABEL` and `extra` arguments;
 /// returns its id and the key.
 fn create_key(home: &TempHome, label: &str, extra: &[&str]) -> (String, String) {
@@ -299,10 +308,8 @@ fn stop(krouter: Krouter) -> String {
 /// at, and the lock surviving a restart through `state.sqlite`.
 #[test]
 fn ten_failed_authentications_lock_the_address_even_for_a_valid_key_across_a_restart() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     // No [access.lockout]: the defaults. The unauthenticated rate (default 120) is not reached.
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", "", &upstream));
+    let (home, upstream) = edge_home("", "");
     let (_, valid) = create_key(&home, "valid", &[]);
     let (revoked_id, revoked) = create_key(&home, "revoked", &[]);
     let run = home.admin(&["keys", "revoke", &revoked_id]);
@@ -430,10 +437,8 @@ fn ten_failed_authentications_lock_the_address_even_for_a_valid_key_across_a_res
 /// `max_failures` lock, and the lock ends after `lockout_secs`.
 #[test]
 fn the_lockout_window_and_duration_come_from_the_policy() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 2\nwindow_secs = 3\nlockout_secs = 3\n\n";
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", lockout, &upstream));
+    let (home, _upstream) = edge_home("", lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
 
@@ -466,11 +471,9 @@ fn the_lockout_window_and_duration_come_from_the_policy() {
 /// and after it add up.
 #[test]
 fn failure_counts_survive_a_restart() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 3\nwindow_secs = 3600\nlockout_secs = 600\n\n";
     let access = "trusted_proxies = [\"127.0.0.1\"]";
-    home.write_policy(&edge_policy(FIRST_SERIAL, access, lockout, &upstream));
+    let (home, _upstream) = edge_home(access, lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
 
     let krouter = Krouter::spawn(&home, &[]);
@@ -528,10 +531,8 @@ fn failure_counts_survive_a_restart() {
 /// a restart, one more failure is counted like any other instead of locking again at once.
 #[test]
 fn failures_spent_on_an_ended_lock_do_not_lock_again_after_a_restart() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 3\nwindow_secs = 3600\nlockout_secs = 2\n\n";
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", lockout, &upstream));
+    let (home, _upstream) = edge_home("", lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
 
     let krouter = Krouter::spawn(&home, &[]);
@@ -571,11 +572,9 @@ fn failures_spent_on_an_ended_lock_do_not_lock_again_after_a_restart() {
 /// entry the client wrote itself cannot move the blame.
 #[test]
 fn a_client_behind_a_trusted_proxy_is_locked_by_its_forwarded_address() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 3\nlockout_secs = 600\n\n";
     let access = "trusted_proxies = [\"127.0.0.0/8\"]";
-    home.write_policy(&edge_policy(FIRST_SERIAL, access, lockout, &upstream));
+    let (home, _upstream) = edge_home(access, lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
 
@@ -636,10 +635,8 @@ fn a_client_behind_a_trusted_proxy_is_locked_by_its_forwarded_address() {
 /// the socket peer, 127.0.0.1, whatever the header says.
 #[test]
 fn without_trusted_proxies_forwarded_for_is_ignored() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 3\n\n";
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", lockout, &upstream));
+    let (home, _upstream) = edge_home("", lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
 
@@ -682,11 +679,9 @@ fn without_trusted_proxies_forwarded_for_is_ignored() {
 /// counted by its /64; the state database names /64s.
 #[test]
 fn ipv6_clients_are_counted_and_locked_per_64() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let lockout = "[access.lockout]\nmax_failures = 3\n\n";
     let access = "trusted_proxies = [\"::1\"]";
-    home.write_policy(&edge_policy(FIRST_SERIAL, access, lockout, &upstream));
+    let (home, _upstream) = edge_home(access, lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[("KROUTER_LISTEN", "[::1]:0")]);
     assert!(krouter.addr.is_ipv6(), "{}", krouter.addr);
@@ -1017,9 +1012,7 @@ fn requests_without_a_valid_key_are_limited_per_address() {
 /// there is none when they are not.
 #[test]
 fn the_unauthenticated_limit_defaults_to_120_with_keys_and_none_without() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", LENIENT_LOCKOUT, &upstream));
+    let (home, upstream) = edge_home("", LENIENT_LOCKOUT);
     let krouter = Krouter::spawn(&home, &[]);
     let models = |krouter: &Krouter| send("GET", &krouter.url("/v1/models"), &[], "");
     // 120 per minute refills one request every half second, so requests sent while the test
@@ -1061,10 +1054,8 @@ fn the_unauthenticated_limit_defaults_to_120_with_keys_and_none_without() {
 /// key, and never reaches the upstream. `Access-Control-Allow-Credentials` is never sent.
 #[test]
 fn cors_answers_listed_origins_only_and_never_allows_credentials() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let access = "cors_origins = [\"https://app.example.com\", \"http://localhost:5173\"]";
-    home.write_policy(&edge_policy(FIRST_SERIAL, access, "", &upstream));
+    let (home, upstream) = edge_home(access, "");
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
     let url = krouter.url("/v1/chat/completions");
@@ -1223,9 +1214,7 @@ fn cors_answers_listed_origins_only_and_never_allows_credentials() {
 /// With no `cors_origins` (the default) every browser origin is refused, preflight or not.
 #[test]
 fn by_default_every_browser_origin_is_refused() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", "", &upstream));
+    let (home, upstream) = edge_home("", "");
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
     let url = krouter.url("/v1/chat/completions");
@@ -1283,11 +1272,9 @@ fn by_default_every_browser_origin_is_refused() {
 /// still answered first).
 #[test]
 fn a_lockout_429_is_readable_by_an_allowed_origin_only() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
     let access = "cors_origins = [\"https://app.example.com\"]";
     let lockout = "[access.lockout]\nmax_failures = 2\nwindow_secs = 600\nlockout_secs = 600\n\n";
-    home.write_policy(&edge_policy(FIRST_SERIAL, access, lockout, &upstream));
+    let (home, upstream) = edge_home(access, lockout);
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
     let url = krouter.url("/v1/chat/completions");
@@ -1345,9 +1332,7 @@ fn a_lockout_429_is_readable_by_an_allowed_origin_only() {
 /// wrote is one JSON object, and no forged line appears.
 #[test]
 fn client_input_cannot_forge_log_lines() {
-    let home = TempHome::init();
-    let upstream = MockUpstream::start();
-    home.write_policy(&edge_policy(FIRST_SERIAL, "", "", &upstream));
+    let (home, _upstream) = edge_home("", "");
     let (_, valid) = create_key(&home, "valid", &[]);
     let krouter = Krouter::spawn(&home, &[]);
 
