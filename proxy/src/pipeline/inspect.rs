@@ -30,6 +30,9 @@ pub const MAX_MODEL: usize = 256;
 pub const MAX_FIELDS: usize = 1000;
 /// Bodies larger than this are parsed on the blocking pool, off the async workers.
 const PARSE_INLINE: usize = 256 * 1024;
+/// Objects with up to this many keys have them compared pairwise for repeats; larger ones
+/// use a set.
+const COMPARED_IN_PLACE: usize = 16;
 /// Fields krouter routes on: their exact spelling is required.
 const ROUTING_FIELDS: &[&str] = &["model", "stream"];
 
@@ -68,6 +71,16 @@ fn fold(key: &str) -> String {
         key.to_ascii_lowercase()
     } else {
         key.to_uppercase().to_lowercase()
+    }
+}
+
+/// Whether two keys are equal under case folding ([`fold`]), without a copy when both are
+/// ASCII.
+fn same_folded(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        fold(a) == fold(b)
     }
 }
 
@@ -294,7 +307,9 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
                 let mut fields: Vec<(String, &'de RawValue)> = Vec::new();
-                let mut seen: HashSet<String> = HashSet::new();
+                // Folded keys, kept only once an object has more than a few: a short
+                // object's keys are compared in place, without a copy or a hash each.
+                let mut seen: Option<HashSet<String>> = None;
                 while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
                     if fields.len() >= MAX_FIELDS {
                         return Err(de::Error::custom("too many fields"));
@@ -302,10 +317,24 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
                     // Some upstreams (Go's encoding/json) match keys without regard to case,
                     // so keys equal under case folding count as repeated, and a folded
                     // spelling of a routing field must be the exact one.
-                    let folded = fold(&key);
-                    let routing = ROUTING_FIELDS.contains(&folded.as_str());
-                    if !seen.insert(folded) || (routing && !ROUTING_FIELDS.contains(&key.as_str()))
-                    {
+                    let routing = ROUTING_FIELDS.iter().any(|name| same_folded(name, &key));
+                    if routing && !ROUTING_FIELDS.contains(&key.as_str()) {
+                        return Err(de::Error::custom("repeated key"));
+                    }
+                    let repeated = match &mut seen {
+                        Some(seen) => !seen.insert(fold(&key)),
+                        None if fields.len() < COMPARED_IN_PLACE => {
+                            fields.iter().any(|(earlier, _)| same_folded(earlier, &key))
+                        }
+                        None => {
+                            let mut folded: HashSet<String> =
+                                fields.iter().map(|(earlier, _)| fold(earlier)).collect();
+                            let repeated = !folded.insert(fold(&key));
+                            seen = Some(folded);
+                            repeated
+                        }
+                    };
+                    if repeated {
                         return Err(de::Error::custom("repeated key"));
                     }
                     fields.push((key, value));
@@ -390,6 +419,25 @@ mod tests {
                 Err(Reject::BadBody { what: got }) => assert!(got.contains(what), "{got}"),
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
             }
+        }
+        // Repeats under case folding, in objects small enough to compare keys in place and
+        // large enough to need the set (the repeat before, at and after the switch).
+        for keys in [
+            3,
+            COMPARED_IN_PLACE - 1,
+            COMPARED_IN_PLACE,
+            COMPARED_IN_PLACE + 5,
+        ] {
+            let filler: String = (0..keys).map(|i| format!(r#","f{i}":0"#)).collect();
+            for (first, again) in [("k", "K"), ("k", "\\u212a"), ("\\u212a", "K"), ("ß", "ss")] {
+                let body = format!(r#"{{"model":"a","{first}":1{filler},"{again}":2}}"#);
+                match parse(Bytes::from(body.clone()), CHAT) {
+                    Err(Reject::BadBody { what }) => assert!(what.contains("repeated"), "{what}"),
+                    other => panic!("{body}: {other:?}"),
+                }
+            }
+            let body = format!(r#"{{"model":"a","k":1{filler},"kk":2,"ß":3,"s":4}}"#);
+            assert!(parse(Bytes::from(body), CHAT).is_ok(), "{keys}");
         }
         let many: String = (0..=MAX_FIELDS).map(|i| format!(r#","f{i}":0"#)).collect();
         let many = format!(r#"{{"model":"a"{many}}}"#);
