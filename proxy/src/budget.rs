@@ -10,7 +10,7 @@
 //! kept for `[logging] retention_days`, which should cover a month where monthly budgets are
 //! set.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -9,7 +9,7 @@
 //! held, every request of that limiter shares one overflow bucket, so rotating addresses
 //! cannot grow the table (it only makes the rotating traffic share one small allowance).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};

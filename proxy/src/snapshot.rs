@@ -3,7 +3,7 @@
 //! takes it once, at its start, and keeps it to the end, so a reload never changes the rules
 //! half-way through a request.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
