@@ -11,8 +11,8 @@
 //! or anything a client chooses.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::ctx::RequestCtx;
+use crate::dialect::Endpoint;
 use crate::error::Reject;
 use crate::pipeline::Shared;
 
@@ -44,12 +45,19 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Slots for per-endpoint handles: one per [`Endpoint`] and one for none.
+const ENDPOINT_SLOTS: usize = 7;
+
 /// The metrics krouter keeps.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram>,
     ttfb: Family<EndpointLabels, Histogram>,
+    /// Each endpoint's histograms (slot 0: no endpoint), taken from the families at first
+    /// use: a request then skips the family's lock and label hash.
+    latency_by: [OnceLock<Histogram>; ENDPOINT_SLOTS],
+    ttfb_by: [OnceLock<Histogram>; ENDPOINT_SLOTS],
     rejections: Family<ReasonLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     lockouts: Counter,
@@ -94,6 +102,29 @@ struct TargetLabels {
     provider: String,
     model: String,
     state: &'static str,
+}
+
+/// `endpoint`'s slot in the per-endpoint handles (0 is no endpoint).
+fn endpoint_slot(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::ChatCompletions => 1,
+        Endpoint::Embeddings => 2,
+        Endpoint::Responses => 3,
+        Endpoint::Models => 4,
+        Endpoint::Messages => 5,
+        Endpoint::CountTokens => 6,
+    }
+}
+
+/// The histogram of `family` for `endpoint`, through its handle in `slot`.
+fn cached<'a>(
+    handles: &'a [OnceLock<Histogram>; ENDPOINT_SLOTS],
+    family: &Family<EndpointLabels, Histogram>,
+    slot: usize,
+    endpoint: &'static str,
+) -> Option<&'a Histogram> {
+    let handle = handles.get(slot)?;
+    Some(handle.get_or_init(|| family.get_or_create(&EndpointLabels { endpoint }).clone()))
 }
 
 fn latency_histogram() -> Histogram {
@@ -181,6 +212,8 @@ impl Metrics {
             requests,
             latency,
             ttfb,
+            latency_by: Default::default(),
+            ttfb_by: Default::default(),
             rejections,
             attempts,
             lockouts,
@@ -201,12 +234,14 @@ impl Metrics {
             provider: ctx.provider.clone(),
         };
         self.requests.get_or_create(&labels).inc();
-        let by = EndpointLabels { endpoint };
-        self.latency
-            .get_or_create(&by)
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(first) = ctx.first_byte {
-            self.ttfb.get_or_create(&by).observe(first.as_secs_f64());
+        let slot = ctx.endpoint.map_or(0, endpoint_slot);
+        if let Some(latency) = cached(&self.latency_by, &self.latency, slot, endpoint) {
+            latency.observe(ctx.started.elapsed().as_secs_f64());
+        }
+        if let Some(first) = ctx.first_byte
+            && let Some(ttfb) = cached(&self.ttfb_by, &self.ttfb, slot, endpoint)
+        {
+            ttfb.observe(first.as_secs_f64());
         }
         let reason = match reject {
             Some(Reject::RateLimited { .. }) => "rate_limited",
