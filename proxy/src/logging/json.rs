@@ -79,6 +79,21 @@ impl<W: fmt::Write> Gather<W> {
         Ok(())
     }
 
+    /// Copies `a`, `b` and `c` in, one after the other, if all three fit.
+    fn gather_three(&mut self, a: &str, b: &str, c: &str) -> bool {
+        let end = self.len + a.len() + b.len() + c.len();
+        let Some(room) = self.buf.get_mut(self.len..end) else {
+            return false;
+        };
+        let (first, rest) = room.split_at_mut(a.len());
+        let (second, third) = rest.split_at_mut(b.len());
+        first.copy_from_slice(a.as_bytes());
+        second.copy_from_slice(b.as_bytes());
+        third.copy_from_slice(c.as_bytes());
+        self.len = end;
+        true
+    }
+
     /// Copies `text` in if it fits.
     fn gather(&mut self, text: &str) -> bool {
         let end = self.len + text.len();
@@ -108,15 +123,21 @@ impl<W: fmt::Write> fmt::Write for Gather<W> {
 
 /// Writes each field as `,"name":value`, remembering the first write error.
 struct Fields<'a, W> {
-    out: &'a mut W,
+    out: &'a mut Gather<W>,
     result: fmt::Result,
 }
 
 impl<W: fmt::Write> Fields<'_, W> {
-    fn name(&mut self, field: &Field) -> fmt::Result {
+    /// `,"name` and then `after` (`":` or `":"`): a plain name, as every field name in
+    /// krouter is, goes in as one piece.
+    fn name(&mut self, field: &Field, after: &str) -> fmt::Result {
+        let name = field.name();
+        if !has_escapes(name) && self.out.gather_three(",\"", name, after) {
+            return Ok(());
+        }
         self.out.write_str(",\"")?;
-        Escaped(&mut *self.out).write_str(field.name())?;
-        self.out.write_str("\":")
+        Escaped(&mut *self.out).write_str(name)?;
+        self.out.write_str(after)
     }
 
     fn string(&mut self, field: &Field, value: fmt::Arguments<'_>) {
@@ -129,12 +150,15 @@ impl<W: fmt::Write> Fields<'_, W> {
         self.quoted(field, |out| out.write_str(value));
     }
 
-    fn quoted(&mut self, field: &Field, value: impl FnOnce(&mut Escaped<'_, W>) -> fmt::Result) {
+    fn quoted(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Escaped<'_, Gather<W>>) -> fmt::Result,
+    ) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| {
-                self.out.write_char('"')?;
+            self.result = self.name(field, "\":\"").and_then(|()| {
                 value(&mut Escaped(&mut *self.out))?;
-                self.out.write_char('"')
+                self.out.write_str("\"")
             });
         }
     }
@@ -142,13 +166,17 @@ impl<W: fmt::Write> Fields<'_, W> {
     /// A number or boolean already in its JSON form.
     fn raw(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| self.out.write_str(value));
+            self.result = self
+                .name(field, "\":")
+                .and_then(|()| self.out.write_str(value));
         }
     }
 
     fn number(&mut self, field: &Field, value: &dyn fmt::Display) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| write!(self.out, "{value}"));
+            self.result = self
+                .name(field, "\":")
+                .and_then(|()| write!(self.out, "{value}"));
         }
     }
 }
@@ -204,10 +232,7 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         // Most text needs no escape: one pass without early exit (which the compiler
         // vectorises) finds out, and the text goes through in one piece.
-        if !text
-            .bytes()
-            .fold(false, |any, byte| any | needs_escape(byte))
-        {
+        if !has_escapes(text) {
             return self.0.write_str(text);
         }
         let mut plain = 0;
@@ -234,6 +259,13 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
         }
         self.0.write_str(&text[plain..])
     }
+}
+
+/// Whether any byte of `text` must be escaped: one pass without early exit, which the
+/// compiler vectorises.
+fn has_escapes(text: &str) -> bool {
+    text.bytes()
+        .fold(false, |any, byte| any | needs_escape(byte))
 }
 
 /// Whether `byte` must be escaped in a JSON string on one log line: quotes, backslashes and
@@ -292,6 +324,18 @@ mod tests {
     }
 
     #[test]
+    fn three_pieces_go_in_together_or_not_at_all() {
+        let mut out = String::new();
+        let mut line = Gather::new(&mut out);
+        assert!(line.gather_three(",\"", "name", "\":"));
+        assert!(line.gather(&"x".repeat(GATHER - 10)));
+        assert!(!line.gather_three(",\"", "name", "\":"));
+        assert!(line.gather_three("a", "", "b"));
+        line.flush().unwrap();
+        assert_eq!(out, format!(",\"name\":{}ab", "x".repeat(GATHER - 10)));
+    }
+
+    #[test]
     fn a_line_is_one_json_object_with_the_fields() {
         use tracing_subscriber::fmt::MakeWriter;
 
@@ -332,7 +376,7 @@ mod tests {
                 path = "/v1\r\n{\"forged\":1}",
                 "request"
             );
-            tracing::warn!(ratio = f64::NAN, "odd");
+            tracing::warn!(ratio = f64::NAN, "we\"ird" = "x", "odd");
         });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -354,5 +398,6 @@ mod tests {
         let odd: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(odd["level"], "WARN");
         assert_eq!(odd["ratio"], "NaN");
+        assert_eq!(odd["we\"ird"], "x");
     }
 }
