@@ -15,7 +15,7 @@ pub fn request_body(data: &[u8]) {
         let again = inspect::parse(rebuilt, Endpoint::Messages);
         assert!(again.is_ok(), "a rebuilt body no longer parses");
         if let Ok(again) = again {
-            assert_eq!(again.model, "upstream-model");
+            assert_eq!(&*again.model, "upstream-model");
             assert_eq!(again.stream, inference.stream);
         }
     }

@@ -6,9 +6,11 @@
 //! different models out of one request. Guardrails (PII, prompt injection) join this stage
 //! later.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,8 +43,8 @@ const ROUTING_FIELDS: &[&str] = &["model", "stream"];
 pub struct Inference {
     /// The endpoint called.
     pub endpoint: Endpoint,
-    /// The client's model name.
-    pub model: String,
+    /// The client's model name (shared with the request's context).
+    pub model: Arc<str>,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// Whether `stream_options.include_usage` is added upstream ([`Inference::count_usage`]).
@@ -50,7 +52,15 @@ pub struct Inference {
     /// The body as received; the fields below are ranges into it, so a large prompt is
     /// held once, not copied per field.
     body: Bytes,
-    fields: Vec<(String, Range<usize>)>,
+    fields: Vec<(Key, Range<usize>)>,
+}
+
+/// A top-level key of the body: where it lies in the body when it has no escape (nearly
+/// always, and then it costs no copy), else its decoded text.
+#[derive(Debug)]
+enum Key {
+    At(Range<usize>),
+    Decoded(String),
 }
 
 impl fmt::Debug for Inference {
@@ -84,9 +94,12 @@ fn same_folded(a: &str, b: &str) -> bool {
     }
 }
 
-/// A JSON object's top-level fields in order, refusing repeated keys; the values borrow
-/// from the parsed bytes.
-struct Fields<'a>(Vec<(String, &'a RawValue)>);
+/// A JSON object's top-level fields in order, refusing repeated keys; the values, and the
+/// keys without an escape, borrow from the parsed bytes.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A JSON string as the parser gives it: borrowed from the input unless it had an escape.
+struct Text<'a>(Cow<'a, str>);
 
 /// Reads and inspects the body.
 pub async fn body(
@@ -106,7 +119,7 @@ pub async fn body(
                 what: "the body parser stopped",
             })??
     };
-    ctx.model = Some(inference.model.as_str().into());
+    ctx.model = Some(Arc::clone(&inference.model));
     ctx.stream = inference.stream;
     Ok(inference)
 }
@@ -186,8 +199,8 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
         what: "The request body must be a JSON object with no repeated keys.",
     })?;
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
-    let model: String = match field("model").map(serde_json::from_str) {
-        Some(Ok(model)) => model,
+    let model: Arc<str> = match field("model").map(serde_json::from_str::<Text<'_>>) {
+        Some(Ok(Text(model))) => model.into(),
         Some(Err(_)) => {
             return Err(Reject::BadBody {
                 what: "'model' must be a string.",
@@ -213,18 +226,26 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
             });
         }
     };
-    // Each raw value is a sub-slice of `body`: keep its position, not a copy.
+    // Each raw value, and each borrowed key, is a sub-slice of `body`: keep its position,
+    // not a copy.
     let base = body.as_ptr() as usize;
+    let within = |text: &str| {
+        let start = (text.as_ptr() as usize).wrapping_sub(base);
+        let range = start..start.saturating_add(text.len());
+        match body.get(range.clone()) {
+            Some(_) => Ok(range),
+            None => Err(Reject::Internal {
+                what: "a parsed field lies outside the body",
+            }),
+        }
+    };
     let mut ranges = Vec::with_capacity(fields.len());
     for (key, value) in fields {
-        let start = (value.get().as_ptr() as usize).wrapping_sub(base);
-        let end = start.saturating_add(value.get().len());
-        if body.get(start..end).is_none() {
-            return Err(Reject::Internal {
-                what: "a parsed value lies outside the body",
-            });
-        }
-        ranges.push((key, start..end));
+        let key = match key {
+            Cow::Borrowed(text) => Key::At(within(text)?),
+            Cow::Owned(text) => Key::Decoded(text),
+        };
+        ranges.push((key, within(value.get())?));
     }
     Ok(Inference {
         endpoint,
@@ -239,6 +260,23 @@ pub fn parse(body: Bytes, endpoint: Endpoint) -> Result<Inference, Reject> {
 // === impl Inference ===
 
 impl Inference {
+    /// The text of `key` as it appears in the body: without escapes for a borrowed key (it
+    /// had none), the decoded text otherwise.
+    fn key_bytes<'a>(&'a self, key: &'a Key) -> &'a [u8] {
+        match key {
+            Key::At(range) => self.body.get(range.clone()).unwrap_or_default(),
+            Key::Decoded(text) => text.as_bytes(),
+        }
+    }
+
+    /// Whether the body has the top-level field `name`, and where its value lies.
+    fn field(&self, name: &str) -> Option<&Range<usize>> {
+        self.fields
+            .iter()
+            .find(|(key, _)| self.key_bytes(key) == name.as_bytes())
+            .map(|(_, value)| value)
+    }
+
     /// Asks the upstream for the stream's usage, so that a token budget can be charged: an
     /// OpenAI chat completion stream reports usage only with `stream_options.include_usage`.
     /// Added to a streaming chat completion whose `stream_options` are absent or an object
@@ -246,10 +284,8 @@ impl Inference {
     /// which case the relay hides the extra usage chunk from the client.
     pub fn count_usage(&mut self) -> bool {
         let options = self
-            .fields
-            .iter()
-            .find(|(key, _)| key == "stream_options")
-            .and_then(|(_, range)| self.body.get(range.clone()));
+            .field("stream_options")
+            .and_then(|range| self.body.get(range.clone()));
         let asks = match options {
             None => true,
             Some(raw) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw)
@@ -263,19 +299,34 @@ impl Inference {
     /// `model` replaced by `upstream_model` (and `stream_options` added when
     /// [`Inference::count_usage`] said so).
     pub fn body_for(&self, upstream_model: &str) -> Bytes {
-        let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| self.key_bytes(k).len() + v.len() + 4)
+            .sum();
         let mut out = Vec::with_capacity(size + upstream_model.len() + 2);
         out.push(b'{');
         for (i, (key, value)) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            // Serializing a &str into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, key);
+            match key {
+                // A key without escapes in the body is valid JSON string content as it is.
+                Key::At(_) => {
+                    out.push(b'"');
+                    out.extend_from_slice(self.key_bytes(key));
+                    out.push(b'"');
+                }
+                // Serializing a &str into a Vec cannot fail.
+                Key::Decoded(text) => {
+                    let _ = serde_json::to_writer(&mut out, text);
+                }
+            }
             out.push(b':');
-            if key == "model" {
+            let key = self.key_bytes(key);
+            if key == b"model" {
                 let _ = serde_json::to_writer(&mut out, upstream_model);
-            } else if key == "stream_options"
+            } else if key == b"stream_options"
                 && self.usage_added
                 && let Some(mut options) = self.body.get(value.clone()).and_then(|raw| {
                     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw).ok()
@@ -287,7 +338,7 @@ impl Inference {
                 out.extend_from_slice(raw);
             }
         }
-        if self.usage_added && !self.fields.iter().any(|(key, _)| key == "stream_options") {
+        if self.usage_added && self.field("stream_options").is_none() {
             out.extend_from_slice(b",\"stream_options\":{\"include_usage\":true}");
         }
         out.push(b'}');
@@ -306,11 +357,11 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields: Vec<(String, &'de RawValue)> = Vec::new();
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
                 // Folded keys, kept only once an object has more than a few: a short
                 // object's keys are compared in place, without a copy or a hash each.
                 let mut seen: Option<HashSet<String>> = None;
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some((Text(key), value)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
                     if fields.len() >= MAX_FIELDS {
                         return Err(de::Error::custom("too many fields"));
                     }
@@ -318,7 +369,7 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
                     // so keys equal under case folding count as repeated, and a folded
                     // spelling of a routing field must be the exact one.
                     let routing = ROUTING_FIELDS.iter().any(|name| same_folded(name, &key));
-                    if routing && !ROUTING_FIELDS.contains(&key.as_str()) {
+                    if routing && !ROUTING_FIELDS.contains(&&*key) {
                         return Err(de::Error::custom("repeated key"));
                     }
                     let repeated = match &mut seen {
@@ -346,6 +397,28 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,12 +429,43 @@ mod tests {
     fn model_is_replaced_and_everything_else_kept_byte_for_byte() {
         let body = br#"{"model":"alias","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#;
         let inference = parse(Bytes::from_static(body), CHAT).unwrap();
-        assert_eq!(inference.model, "alias");
+        assert_eq!(&*inference.model, "alias");
         assert!(inference.stream);
         assert_eq!(
             inference.body_for("real-model"),
             Bytes::from_static(br#"{"model":"real-model","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.50,"stream":true}"#)
         );
+    }
+
+    #[test]
+    fn keys_with_escapes_are_decoded_and_the_rest_kept_as_written() {
+        let body = br#"{"mod\u0065l":"alias","a\"b":1,"\u00e9t\u00e9":2,"plain":3,"n\u00e9":"x"}"#;
+        let inference = parse(Bytes::from_static(body), CHAT).unwrap();
+        assert_eq!(&*inference.model, "alias");
+        let sent = inference.body_for("real");
+        assert_eq!(
+            sent,
+            Bytes::from_static(
+                r#"{"model":"real","a\"b":1,"été":2,"plain":3,"né":"x"}"#.as_bytes()
+            )
+        );
+        let back: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(back["a\"b"], 1);
+        // A key spelled with escapes is the same key: a repeat is refused.
+        assert!(
+            parse(
+                Bytes::from_static(br#"{"model":"a","x":1,"\u0078":2}"#),
+                CHAT
+            )
+            .is_err()
+        );
+        // A model name with escapes is decoded.
+        let inference = parse(Bytes::from_static(br#"{"model":"al\u0069as"}"#), CHAT).unwrap();
+        assert_eq!(&*inference.model, "alias");
+        // Non-ASCII keys without escapes go through byte for byte.
+        let raw = r#"{"model":"a","été":1}"#;
+        let inference = parse(Bytes::from(raw), CHAT).unwrap();
+        assert_eq!(inference.body_for("a"), Bytes::from(raw));
     }
 
     #[test]
