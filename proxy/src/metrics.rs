@@ -104,27 +104,31 @@ struct TargetLabels {
     state: &'static str,
 }
 
-/// `endpoint`'s slot in the per-endpoint handles (0 is no endpoint).
-fn endpoint_slot(endpoint: Endpoint) -> usize {
-    match endpoint {
-        Endpoint::ChatCompletions => 1,
-        Endpoint::Embeddings => 2,
-        Endpoint::Responses => 3,
-        Endpoint::Models => 4,
-        Endpoint::Messages => 5,
-        Endpoint::CountTokens => 6,
-    }
+/// The label of `endpoint` (`none` when the request matched none).
+fn endpoint_label(endpoint: Option<Endpoint>) -> &'static str {
+    endpoint.map_or("none", Endpoint::as_str)
 }
 
-/// The histogram of `family` for `endpoint`, through its handle in `slot`.
+/// The histogram of `family` for `endpoint`, through its handle in `handles`.
 fn cached<'a>(
     handles: &'a [OnceLock<Histogram>; ENDPOINT_SLOTS],
     family: &Family<EndpointLabels, Histogram>,
-    slot: usize,
-    endpoint: &'static str,
+    endpoint: Option<Endpoint>,
 ) -> Option<&'a Histogram> {
+    let slot = match endpoint {
+        None => 0,
+        Some(Endpoint::ChatCompletions) => 1,
+        Some(Endpoint::Embeddings) => 2,
+        Some(Endpoint::Responses) => 3,
+        Some(Endpoint::Models) => 4,
+        Some(Endpoint::Messages) => 5,
+        Some(Endpoint::CountTokens) => 6,
+    };
     let handle = handles.get(slot)?;
-    Some(handle.get_or_init(|| family.get_or_create(&EndpointLabels { endpoint }).clone()))
+    Some(handle.get_or_init(|| {
+        let endpoint = endpoint_label(endpoint);
+        family.get_or_create(&EndpointLabels { endpoint }).clone()
+    }))
 }
 
 fn latency_histogram() -> Histogram {
@@ -227,19 +231,17 @@ impl Metrics {
 
     /// Counts a request that has ended.
     pub fn request(&self, ctx: &RequestCtx, reject: Option<&Reject>) {
-        let endpoint = ctx.endpoint.map_or("none", |e| e.as_str());
         let labels = RequestLabels {
-            endpoint,
+            endpoint: endpoint_label(ctx.endpoint),
             status: ctx.status,
             provider: ctx.provider.clone(),
         };
         self.requests.get_or_create(&labels).inc();
-        let slot = ctx.endpoint.map_or(0, endpoint_slot);
-        if let Some(latency) = cached(&self.latency_by, &self.latency, slot, endpoint) {
+        if let Some(latency) = cached(&self.latency_by, &self.latency, ctx.endpoint) {
             latency.observe(ctx.started.elapsed().as_secs_f64());
         }
         if let Some(first) = ctx.first_byte
-            && let Some(ttfb) = cached(&self.ttfb_by, &self.ttfb, slot, endpoint)
+            && let Some(ttfb) = cached(&self.ttfb_by, &self.ttfb, ctx.endpoint)
         {
             ttfb.observe(first.as_secs_f64());
         }
