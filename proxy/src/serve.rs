@@ -223,7 +223,12 @@ async fn serve_connection(
         Sniffed::Unsure => &protocols.either,
     };
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
-    let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch), max_head));
+    let io = TokioIo::new(Watched::new(
+        stream,
+        peer.ip(),
+        Arc::clone(&watch),
+        max_head,
+    ));
     let service = {
         let watch = Arc::clone(&watch);
         service_fn(move |mut request| {

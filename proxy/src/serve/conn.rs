@@ -10,6 +10,12 @@
 //! accepts nothing. The socket also keeps the raw bytes of each HTTP/1.x request head that
 //! arrives while no request is in flight, for [`RawHead`].
 //!
+//! hyper answers a request head it cannot parse itself, before krouter sees a request, with
+//! a bare `400`, `414` or `431` that has no body and none of krouter's headers. The socket
+//! recognises that answer as it is written and writes krouter's own in its place
+//! ([`Refusal`]): the same status, the error object, a request id, `nosniff`, `no-store` and
+//! `Connection: close`.
+//!
 //! The listener's timer is lazy: a change that moves the deadline later wakes nobody (the
 //! timer fires early, finds nothing expired and is set again), and a change that moves it
 //! earlier wakes the listener only when the new deadline comes before the armed one. On a
@@ -17,6 +23,7 @@
 //! and a timer reset per request.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +36,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::ctx::RequestId;
+use crate::dialect::{Dialect, ErrorKind};
+use crate::logging::IpText;
 use crate::pipeline::accept::RawHead;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
@@ -37,6 +47,34 @@ pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const UNSET: u64 = u64::MAX;
 /// A deadline far enough away to mean none; the watch is woken when one appears.
 const FAR: Duration = Duration::from_secs(3600);
+/// The answers hyper writes itself to a head it cannot parse: the status line after the
+/// version, the status, the error kind and krouter's message for it.
+const BARE: [(&[u8], u16, ErrorKind, &str); 3] = [
+    (
+        b" 400 Bad Request\r\n",
+        400,
+        ErrorKind::InvalidRequest,
+        "The request head is not valid HTTP/1.1 (or krouter refuses its framing).",
+    ),
+    (
+        b" 414 URI Too Long\r\n",
+        414,
+        ErrorKind::TooLarge,
+        "The request target is too long.",
+    ),
+    (
+        b" 431 Request Header Fields Too Large\r\n",
+        431,
+        ErrorKind::TooLarge,
+        "The request head is too large or has too many header fields.",
+    ),
+];
+/// hyper's `content-length` line on a bodiless answer.
+const ZERO_LENGTH: &[u8] = b"content-length: 0\r\n";
+/// The line hyper adds once it will close the connection (after a refused framing).
+const CLOSE: &[u8] = b"connection: close\r\n";
+/// Bytes in hyper's `date` line: `date: `, an IMF-fixdate (29 bytes), CRLF.
+const DATE_LINE: usize = 6 + 29 + 2;
 
 /// What the connection speaks, as its first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +131,35 @@ pub(crate) struct Watched {
     capture: Capture,
     /// How many bytes of the HTTP/2 preface have been seen so far.
     preface: usize,
+    /// The client's address, for the log line of a [`Refusal`].
+    peer: IpAddr,
+    /// krouter's answer being written in place of hyper's bare one.
+    refusal: Option<Refusal>,
+}
+
+/// krouter's answer to a head hyper could not parse, written in place of hyper's: hyper
+/// reports its own bytes written once all of this is.
+#[derive(Debug)]
+struct Refusal {
+    bytes: Vec<u8>,
+    sent: usize,
+    /// How many of hyper's bytes it stands for.
+    replaces: usize,
+}
+
+/// hyper's bare answer at the end of a write: where it starts, and its parts.
+#[derive(Debug, PartialEq, Eq)]
+struct Bare<'a> {
+    at: usize,
+    /// `HTTP/1.x`.
+    version: &'a [u8],
+    /// The status line after the version, with its CRLF.
+    status_line: &'a [u8],
+    status: u16,
+    kind: ErrorKind,
+    message: &'static str,
+    /// hyper's `date` line, or nothing.
+    date: &'a [u8],
 }
 
 /// The raw bytes of the request head being read, while no request is in flight.
@@ -240,7 +307,7 @@ impl Watch {
 
 impl Watched {
     /// `stream`, reporting to `watch`; request heads are captured up to `max_head` bytes.
-    pub(crate) fn new(stream: TcpStream, watch: Arc<Watch>, max_head: usize) -> Self {
+    pub(crate) fn new(stream: TcpStream, peer: IpAddr, watch: Arc<Watch>, max_head: usize) -> Self {
         Self {
             inner: stream,
             watch,
@@ -251,7 +318,85 @@ impl Watched {
                 max: max_head,
             },
             preface: 0,
+            peer,
+            refusal: None,
         }
+    }
+
+    /// Whether hyper may be writing its own answer to an unparseable head: on HTTP/1.x,
+    /// when no request is in flight. Nearly always false while a response is written; true
+    /// for the last write of each (its body has ended), where the check is a few compares.
+    fn may_refuse(&self) -> bool {
+        self.watch.in_flight.load(Ordering::Acquire) == 0
+            && self.watch.protocol() != Protocol::Http2
+    }
+
+    /// Writes `buf`, with krouter's answer in place of hyper's bare one at its end.
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.refusal.is_none()
+            && self.may_refuse()
+            && let Some(bare) = Bare::find(buf)
+        {
+            if bare.at > 0 {
+                // What comes before it first (the tail of an earlier response).
+                let before = buf.get(..bare.at).unwrap_or_default();
+                return Pin::new(&mut self.inner).poll_write(cx, before);
+            }
+            self.refusal = Some(Refusal::new(&bare, buf.len(), self.peer));
+        }
+        match self.refusal {
+            Some(_) => self.poll_refusal(cx, buf.len()),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    /// Writes `bufs` as one write, unless hyper's bare answer is at their end: then what
+    /// comes before it, or krouter's answer in its place.
+    fn write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.refusal.is_none() && self.may_refuse() {
+            let last = bufs.iter().rposition(|buf| !buf.is_empty());
+            if let Some(last) = last
+                && let Some(slice) = bufs.get(last)
+                && Bare::find(slice).is_some()
+            {
+                let before = bufs.get(..last).unwrap_or_default();
+                if before.iter().any(|buf| !buf.is_empty()) {
+                    return Pin::new(&mut self.inner).poll_write_vectored(cx, before);
+                }
+                return self.write(cx, slice);
+            }
+        }
+        match self.refusal {
+            // hyper writes the same bytes again after a write that was not finished.
+            Some(_) => {
+                let len = bufs.iter().map(|buf| buf.len()).sum();
+                self.poll_refusal(cx, len)
+            }
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    /// Writes the rest of the refusal; once it is all out, reports hyper's bytes (at most
+    /// `offered`) as written.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>, offered: usize) -> Poll<io::Result<usize>> {
+        let Self { inner, refusal, .. } = self;
+        let Some(answer) = refusal.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while let Some(rest) = answer.bytes.get(answer.sent..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut *inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => answer.sent += n,
+                other => return other,
+            }
+        }
+        let replaced = answer.replaces.min(offered);
+        *refusal = None;
+        Poll::Ready(Ok(replaced))
     }
 
     /// Notes bytes just read.
@@ -333,7 +478,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let poll = this.write(cx, buf);
         this.wrote(&poll);
         poll
     }
@@ -344,7 +489,7 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let poll = this.write_vectored(cx, bufs);
         this.wrote(&poll);
         poll
     }
@@ -360,6 +505,92 @@ impl AsyncWrite for Watched {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    /// krouter's answer in place of `bare`, which covers `replaces` bytes of hyper's write,
+    /// to a client at `peer`; logged with the request id the answer carries.
+    fn new(bare: &Bare<'_>, replaces: usize, peer: IpAddr) -> Self {
+        let id = RequestId::generate();
+        tracing::info!(
+            request_id = id.as_str(),
+            client = IpText::new(peer).as_str(),
+            status = bare.status,
+            "request head refused before parsing"
+        );
+        let body = Dialect::OpenAi.error_body(bare.kind, bare.message);
+        let mut bytes = Vec::with_capacity(256 + body.len());
+        for part in [
+            bare.version,
+            bare.status_line,
+            b"content-type: application/json\r\ncontent-length: ",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+            b"\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nx-request-id: ",
+            id.as_str().as_bytes(),
+            b"\r\n",
+            bare.date,
+            b"\r\n",
+            &body,
+        ] {
+            bytes.extend_from_slice(part);
+        }
+        Self {
+            bytes,
+            sent: 0,
+            replaces,
+        }
+    }
+}
+
+// === impl Bare ===
+
+impl<'a> Bare<'a> {
+    /// hyper's bare answer if `write` ends with one: a status line of [`BARE`], then
+    /// optionally `connection: close`, `content-length: 0` and a `date` line, then the
+    /// empty line. krouter's own responses never end so (they carry `nosniff` and their own
+    /// headers between the status line and hyper's), nor does a chunked body (it ends `0`
+    /// CRLF CRLF) or a JSON one.
+    fn find(write: &'a [u8]) -> Option<Self> {
+        let rest = write.strip_suffix(b"\r\n")?;
+        let (rest, date) = match rest.len().checked_sub(DATE_LINE) {
+            Some(at) if rest.get(at..).is_some_and(is_date_line) => (
+                rest.get(..at).unwrap_or_default(),
+                rest.get(at..).unwrap_or_default(),
+            ),
+            _ => (rest, &[][..]),
+        };
+        let rest = rest.strip_suffix(ZERO_LENGTH).unwrap_or(rest);
+        let rest = rest.strip_suffix(CLOSE).unwrap_or(rest);
+        BARE.iter().find_map(|&(line, status, kind, message)| {
+            let before = rest.strip_suffix(line)?;
+            let at = before.len().checked_sub(8)?;
+            let version = before
+                .get(at..)
+                .filter(|v| *v == b"HTTP/1.1" || *v == b"HTTP/1.0")?;
+            Some(Self {
+                at,
+                version,
+                status_line: line,
+                status,
+                kind,
+                message,
+                date,
+            })
+        })
+    }
+}
+
+/// Whether `line` is a `date` header line as hyper writes it: the name, 29 printable ASCII
+/// bytes, CRLF. Its bytes go into krouter's answer, so nothing else may pass.
+fn is_date_line(line: &[u8]) -> bool {
+    line.len() == DATE_LINE
+        && line.starts_with(b"date: ")
+        && line.ends_with(b"\r\n")
+        && line
+            .get(6..DATE_LINE - 2)
+            .is_some_and(|value| value.iter().all(|b| matches!(b, b' '..=b'~')))
 }
 
 // === impl Capture ===
@@ -470,6 +701,96 @@ mod tests {
         // A head without Transfer-Encoding ends the capture and keeps nothing.
         assert_eq!(capture.push(b"GET / HTTP/1.1\r\n\r\n", 2), None);
         assert!(capture.done && capture.bytes.is_empty());
+    }
+
+    #[test]
+    fn hypers_bare_answers_are_found_at_the_end_of_a_write_and_nothing_else_is() {
+        let date = b"date: Tue, 24 Nov 2026 10:00:00 GMT\r\n";
+        assert!(is_date_line(date));
+        // A line break inside the value would put a header of its own into the answer.
+        assert!(!is_date_line(b"date: Tue, 24 Nov 2026 1\r\nx: yyyyyy\r\n"));
+        let bare = |status_line: &str, close: bool, length: bool, dated: bool| {
+            let mut bytes = status_line.as_bytes().to_vec();
+            if close {
+                bytes.extend_from_slice(CLOSE);
+            }
+            if length {
+                bytes.extend_from_slice(ZERO_LENGTH);
+            }
+            if dated {
+                bytes.extend_from_slice(date);
+            }
+            bytes.extend_from_slice(b"\r\n");
+            bytes
+        };
+        for (line, status) in [
+            ("HTTP/1.1 400 Bad Request\r\n", 400),
+            ("HTTP/1.0 400 Bad Request\r\n", 400),
+            ("HTTP/1.1 414 URI Too Long\r\n", 414),
+            ("HTTP/1.1 431 Request Header Fields Too Large\r\n", 431),
+        ] {
+            for bits in 0..8 {
+                let dated = bits & 1 != 0;
+                let write = bare(line, bits & 4 != 0, bits & 2 != 0, dated);
+                let found = Bare::find(&write).unwrap();
+                assert_eq!((found.at, found.status), (0, status), "{line}");
+                assert_eq!(found.date, if dated { &date[..] } else { &[][..] });
+                // After the tail of an earlier response, it is found where it starts.
+                let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+                let tail = after.len();
+                after.extend_from_slice(&write);
+                assert_eq!(Bare::find(&after).map(|b| b.at), Some(tail));
+            }
+        }
+        let not = [
+            // krouter's own error: its headers stand between the status line and hyper's.
+            &b"HTTP/1.1 400 Bad Request\r\nx-content-type-options: nosniff\r\ncontent-length: 0\r\n\r\n"[..],
+            // A chunked body's end, a body, other statuses, a head with a body after it.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"{\"error\":{}}",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/2.0 400 Bad Request\r\n\r\n",
+            b" 400 Bad Request\r\n\r\n",
+            b"",
+        ];
+        for write in not {
+            assert_eq!(
+                Bare::find(write),
+                None,
+                "{}",
+                String::from_utf8_lossy(write)
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_krouters_headers_the_error_object_and_hypers_date() {
+        let write = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 24 Nov 2026 10:00:00 GMT\r\n\r\n";
+        let bare = Bare::find(write).unwrap();
+        let refusal = Refusal::new(&bare, write.len(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(refusal.replaces, write.len());
+        let text = String::from_utf8(refusal.bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        assert_eq!(
+            lines.next(),
+            Some("HTTP/1.1 431 Request Header Fields Too Large")
+        );
+        let headers: Vec<(&str, &str)> = lines.map(|l| l.split_once(": ").unwrap()).collect();
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(header("cache-control"), Some("no-store"));
+        assert_eq!(header("connection"), Some("close"));
+        assert_eq!(header("date"), Some("Tue, 24 Nov 2026 10:00:00 GMT"));
+        assert!(header("x-request-id").unwrap().starts_with("req_"));
+        assert_eq!(
+            header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        let error: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        assert_eq!(error["error"]["code"], "request_too_large");
     }
 
     #[test]

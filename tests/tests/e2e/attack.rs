@@ -155,12 +155,22 @@ impl Bench {
                 response.status < 500,
                 "{name}: a server error: {response:?}"
             );
-            // krouter's own answers carry a request id; hyper's answers to heads it cannot
-            // parse (a bare 400 or 431) are written before krouter sees a request.
-            if response.header("x-request-id").is_some() {
+            // Every answer, hyper's refusals of heads it cannot parse included (krouter
+            // writes its own in their place), is marked nosniff; every error is not to be
+            // stored and carries a request id.
+            assert_eq!(
+                response.header("x-content-type-options"),
+                Some("nosniff"),
+                "{name}: {response:?}"
+            );
+            if response.status >= 400 {
                 assert_eq!(
-                    response.header("x-content-type-options"),
-                    Some("nosniff"),
+                    response.header("cache-control"),
+                    Some("no-store"),
+                    "{name}: {response:?}"
+                );
+                assert!(
+                    response.header("x-request-id").is_some(),
                     "{name}: {response:?}"
                 );
             }
@@ -215,10 +225,12 @@ impl Bench {
         assert!(self.krouter.alive(), "{after}: krouter exited");
     }
 
-    fn stop(self) {
+    /// Stops krouter, which must exit cleanly; returns its log.
+    fn stop(self) -> String {
         let (status, log) = self.krouter.stop();
         assert!(status.success(), "{log}");
         assert!(!log.contains("panicked"), "{log}");
+        log
     }
 }
 
@@ -375,6 +387,31 @@ fn ambiguous_framing_oversized_heads_and_bodies_and_unsafe_methods_are_refused()
     assert_eq!(bench.upstream.requests().len() - before, 1);
     bench.healthy("pipelined chunked request");
 
+    // A head hyper cannot parse, pipelined behind a request (read with it, answered after
+    // it): krouter's answer, not hyper's bare one, and the first request goes through.
+    let before = bench.upstream.requests().len();
+    let mut raw = Raw::connect(bench.addr());
+    let mut two = bench.chat(&length(body.len()), body);
+    two.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: krouter\r\nX-Folded: a\r\n b\r\n\r\n");
+    raw.send(&two);
+    let Outcome::Response(first) = raw.response(WAIT) else {
+        panic!("pipelined unparseable head: no first answer");
+    };
+    assert_eq!(first.status, 200);
+    let Outcome::Response(refused) = raw.response(WAIT) else {
+        panic!("pipelined unparseable head: no refusal");
+    };
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(refused.header("x-request-id").is_some());
+    let error: serde_json::Value = serde_json::from_slice(&refused.body).expect("a JSON error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(raw.closed_within(WAIT));
+    assert_eq!(bench.upstream.requests().len() - before, 1);
+    bench.healthy("pipelined unparseable head");
+
     // The request hidden in a JSON string reached the upstream as text, once.
     let seen = bench.upstream.requests();
     assert!(
@@ -389,7 +426,15 @@ fn ambiguous_framing_oversized_heads_and_bodies_and_unsafe_methods_are_refused()
         seen.iter()
             .all(|s| s.method == "POST" && s.path == "/v1/chat/completions")
     );
-    bench.stop();
+    let log = bench.stop();
+    // Each head hyper refused is logged with the request id its answer carried.
+    assert!(
+        log.lines()
+            .filter(|line| line.contains("request head refused before parsing"))
+            .count()
+            >= 10,
+        "{log}"
+    );
 }
 
 #[test]
@@ -477,7 +522,7 @@ fn slow_and_idle_clients_are_dropped() {
         "a client that never reads was never dropped"
     );
     bench.healthy("a client that never reads");
-    bench.stop();
+    let _ = bench.stop();
 }
 
 #[test]
@@ -517,7 +562,7 @@ fn connections_beyond_the_cap_are_refused_and_logged_sparingly() {
         "{lines} log lines for 10 refusals:\n{log}"
     );
     assert!(bench.upstream.requests().is_empty());
-    bench.stop();
+    let _ = bench.stop();
 }
 
 #[test]
@@ -604,7 +649,7 @@ fn http2_floods_end_in_goaway_enhance_your_calm() {
     }
 
     assert_eq!(bench.upstream.requests().len(), 1);
-    bench.stop();
+    let _ = bench.stop();
 }
 
 /// Header fields of an HTTP/2 request.
@@ -701,7 +746,7 @@ fn http2_framing_that_http1_would_smuggle_is_refused_per_stream() {
         "DATA after END_STREAM: {seen:?}"
     );
     bench.healthy("DATA after END_STREAM");
-    bench.stop();
+    let _ = bench.stop();
 }
 
 #[test]
@@ -743,7 +788,7 @@ fn http2_streams_beyond_the_concurrency_cap_are_refused() {
     assert_eq!(h2::reply(&mut raw, 7, WAIT), ok);
     assert_eq!(bench.upstream.requests().len(), 3);
     bench.healthy("the stream cap");
-    bench.stop();
+    let _ = bench.stop();
 }
 
 #[test]
@@ -783,5 +828,5 @@ fn a_body_past_the_read_timeout_or_under_the_minimum_rate_gets_408() {
 
     assert!(bench.upstream.requests().is_empty());
     bench.healthy("slow bodies");
-    bench.stop();
+    let _ = bench.stop();
 }
