@@ -98,7 +98,7 @@ struct Open(Arc<AtomicUsize>);
 /// A response body that keeps its request counted as in flight until it is dropped.
 struct Tracked {
     body: Body,
-    _active: Active,
+    active: Active,
 }
 
 /// Serves `listener` until `shutdown` completes, then drains.
@@ -240,10 +240,7 @@ async fn serve_connection(
             async move {
                 let mut response = pipeline::handle(request, peer.ip(), &shared).await;
                 respond::secure(&mut response);
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _active: active,
-                }))
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, active }))
             }
         })
     };
@@ -320,6 +317,9 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // hyper refuses a buffer under 8 KiB; the policy's bounds keep the value above.
         .max_buf_size(usize::try_from(header_bytes).unwrap_or(usize::MAX))
         .max_headers(usize::try_from(limits.max_headers()).unwrap_or(usize::MAX))
+        // Lowercase header names and the date header (hyper's defaults) are what the socket
+        // recognises hyper's bare answers by (conn.rs, `Bare::find`): keep both.
+        .title_case_headers(false)
         .keep_alive(true);
     builder
         .http2()
@@ -436,7 +436,13 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(data) = frame.data_ref()
+        {
+            self.active.sent(data);
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,7 +14,9 @@
 //! a bare `400`, `414` or `431` that has no body and none of krouter's headers. The socket
 //! recognises that answer as it is written and writes krouter's own in its place
 //! ([`Refusal`]): the same status, the error object, a request id, `nosniff`, `no-store` and
-//! `Connection: close`.
+//! `Connection: close`. It looks only while no request is in flight on an HTTP/1.x
+//! connection, and not after a response body whose last bytes end in an empty line (which
+//! hyper's answer could not be told from).
 //!
 //! The listener's timer is lazy: a change that moves the deadline later wakes nobody (the
 //! timer fires early, finds nothing expired and is set again), and a change that moves it
@@ -71,7 +73,8 @@ const BARE: [(&[u8], u16, ErrorKind, &str); 3] = [
 ];
 /// hyper's `content-length` line on a bodiless answer.
 const ZERO_LENGTH: &[u8] = b"content-length: 0\r\n";
-/// The line hyper adds once it will close the connection (after a refused framing).
+/// The line hyper adds to its answer on HTTP/1.1 (it closes the connection after any
+/// unparseable head); on HTTP/1.0 it closes without saying so.
 const CLOSE: &[u8] = b"connection: close\r\n";
 /// Bytes in hyper's `date` line: `date: `, an IMF-fixdate (29 bytes), CRLF.
 const DATE_LINE: usize = 6 + 29 + 2;
@@ -121,12 +124,16 @@ pub(crate) struct Watch {
     write_ms: u64,
     head: Mutex<Option<(u64, RawHead)>>,
     wake: Notify,
+    /// The last response body bytes sent ended in an empty line (CRLF CRLF): a write that
+    /// ends like hyper's bare answer may be them, so none is replaced until the next request.
+    ends_blank: AtomicBool,
 }
 
-/// The socket of one connection, keeping its [`Watch`] up to date.
+/// The socket of one connection, keeping its [`Watch`] up to date (generic only so that
+/// tests can drive it with a socket of their own).
 #[derive(Debug)]
-pub(crate) struct Watched {
-    inner: TcpStream,
+pub(crate) struct Watched<S = TcpStream> {
+    inner: S,
     watch: Arc<Watch>,
     capture: Capture,
     /// How many bytes of the HTTP/2 preface have been seen so far.
@@ -137,14 +144,15 @@ pub(crate) struct Watched {
     refusal: Option<Refusal>,
 }
 
-/// krouter's answer to a head hyper could not parse, written in place of hyper's: hyper
-/// reports its own bytes written once all of this is.
+/// krouter's answer to a head hyper could not parse, written in place of hyper's: hyper is
+/// told its own bytes were written once all of this is.
 #[derive(Debug)]
 struct Refusal {
     bytes: Vec<u8>,
     sent: usize,
-    /// How many of hyper's bytes it stands for.
-    replaces: usize,
+    /// hyper's bytes it stands for; a write offered again after `Pending` must start with
+    /// them.
+    replaces: Vec<u8>,
 }
 
 /// hyper's bare answer at the end of a write: where it starts, and its parts.
@@ -158,7 +166,7 @@ struct Bare<'a> {
     status: u16,
     kind: ErrorKind,
     message: &'static str,
-    /// hyper's `date` line, or nothing.
+    /// hyper's `date` line.
     date: &'a [u8],
 }
 
@@ -183,6 +191,16 @@ pub(crate) struct Active {
 impl Watch {
     /// A fresh connection's watch, under `limits`.
     pub(crate) fn new(limits: &Limits) -> Self {
+        Self::with_times(
+            limits.header_read_timeout(),
+            limits.keep_alive_idle(),
+            limits.response_write_timeout(),
+        )
+    }
+
+    /// A fresh connection's watch with these header read, keep-alive idle and response
+    /// write times.
+    fn with_times(head: Duration, idle: Duration, write: Duration) -> Self {
         let ms = |time: Duration| u64::try_from(time.as_millis()).unwrap_or(UNSET - 1);
         Self {
             start: Instant::now(),
@@ -194,11 +212,12 @@ impl Watch {
             write_blocked_since: AtomicU64::new(UNSET),
             epoch: AtomicU64::new(0),
             armed: AtomicU64::new(UNSET),
-            head_ms: ms(limits.header_read_timeout()),
-            idle_ms: ms(limits.keep_alive_idle()),
-            write_ms: ms(limits.response_write_timeout()),
+            head_ms: ms(head),
+            idle_ms: ms(idle),
+            write_ms: ms(write),
             head: Mutex::new(None),
             wake: Notify::new(),
+            ends_blank: AtomicBool::new(false),
         }
     }
 
@@ -305,9 +324,9 @@ impl Watch {
 
 // === impl Watched ===
 
-impl Watched {
+impl<S> Watched<S> {
     /// `stream`, reporting to `watch`; request heads are captured up to `max_head` bytes.
-    pub(crate) fn new(stream: TcpStream, peer: IpAddr, watch: Arc<Watch>, max_head: usize) -> Self {
+    pub(crate) fn new(stream: S, peer: IpAddr, watch: Arc<Watch>, max_head: usize) -> Self {
         Self {
             inner: stream,
             watch,
@@ -324,79 +343,14 @@ impl Watched {
     }
 
     /// Whether hyper may be writing its own answer to an unparseable head: on HTTP/1.x,
-    /// when no request is in flight. Nearly always false while a response is written; true
-    /// for the last write of each (its body has ended), where the check is a few compares.
+    /// when no request is in flight and the last body sent did not end in an empty line.
+    /// Nearly always false while a response is written; true for the last write of each
+    /// (its body has ended), where the check is a few compares.
     fn may_refuse(&self) -> bool {
-        self.watch.in_flight.load(Ordering::Acquire) == 0
-            && self.watch.protocol() != Protocol::Http2
-    }
-
-    /// Writes `buf`, with krouter's answer in place of hyper's bare one at its end.
-    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.refusal.is_none()
-            && self.may_refuse()
-            && let Some(bare) = Bare::find(buf)
-        {
-            if bare.at > 0 {
-                // What comes before it first (the tail of an earlier response).
-                let before = buf.get(..bare.at).unwrap_or_default();
-                return Pin::new(&mut self.inner).poll_write(cx, before);
-            }
-            self.refusal = Some(Refusal::new(&bare, buf.len(), self.peer));
-        }
-        match self.refusal {
-            Some(_) => self.poll_refusal(cx, buf.len()),
-            None => Pin::new(&mut self.inner).poll_write(cx, buf),
-        }
-    }
-
-    /// Writes `bufs` as one write, unless hyper's bare answer is at their end: then what
-    /// comes before it, or krouter's answer in its place.
-    fn write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.refusal.is_none() && self.may_refuse() {
-            let last = bufs.iter().rposition(|buf| !buf.is_empty());
-            if let Some(last) = last
-                && let Some(slice) = bufs.get(last)
-                && Bare::find(slice).is_some()
-            {
-                let before = bufs.get(..last).unwrap_or_default();
-                if before.iter().any(|buf| !buf.is_empty()) {
-                    return Pin::new(&mut self.inner).poll_write_vectored(cx, before);
-                }
-                return self.write(cx, slice);
-            }
-        }
-        match self.refusal {
-            // hyper writes the same bytes again after a write that was not finished.
-            Some(_) => {
-                let len = bufs.iter().map(|buf| buf.len()).sum();
-                self.poll_refusal(cx, len)
-            }
-            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    /// Writes the rest of the refusal; once it is all out, reports hyper's bytes (at most
-    /// `offered`) as written.
-    fn poll_refusal(&mut self, cx: &mut Context<'_>, offered: usize) -> Poll<io::Result<usize>> {
-        let Self { inner, refusal, .. } = self;
-        let Some(answer) = refusal.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        while let Some(rest) = answer.bytes.get(answer.sent..).filter(|r| !r.is_empty()) {
-            match Pin::new(&mut *inner).poll_write(cx, rest) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(n)) => answer.sent += n,
-                other => return other,
-            }
-        }
-        let replaced = answer.replaces.min(offered);
-        *refusal = None;
-        Poll::Ready(Ok(replaced))
+        let watch = &self.watch;
+        watch.in_flight.load(Ordering::Acquire) == 0
+            && watch.protocol() != Protocol::Http2
+            && !watch.ends_blank.load(Ordering::Acquire)
     }
 
     /// Notes bytes just read.
@@ -452,7 +406,83 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes `buf`, with krouter's answer in place of hyper's bare one at its end.
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.refusal.is_none()
+            && self.may_refuse()
+            && let Some(bare) = Bare::find(buf)
+        {
+            if bare.at > 0 {
+                // What comes before it first (the tail of an earlier response).
+                let before = buf.get(..bare.at).unwrap_or_default();
+                return Pin::new(&mut self.inner).poll_write(cx, before);
+            }
+            self.refusal = Some(Refusal::new(&bare, buf, self.peer));
+        }
+        match self.refusal {
+            Some(_) => self.poll_refusal(cx, buf),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    /// Writes `bufs` as one write, unless hyper's bare answer is at their end: then what
+    /// comes before it, or krouter's answer in its place.
+    fn write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.refusal.is_none() && self.may_refuse() {
+            let last = bufs.iter().rposition(|buf| !buf.is_empty());
+            if let Some(last) = last
+                && let Some(slice) = bufs.get(last)
+                && Bare::find(slice).is_some()
+            {
+                let before = bufs.get(..last).unwrap_or_default();
+                if before.iter().any(|buf| !buf.is_empty()) {
+                    return Pin::new(&mut self.inner).poll_write_vectored(cx, before);
+                }
+                return self.write(cx, slice);
+            }
+        }
+        match self.refusal {
+            // hyper offers the same bytes again after a write that was not finished.
+            Some(_) => {
+                let first = bufs.iter().find(|buf| !buf.is_empty());
+                self.poll_refusal(cx, first.map_or(&[][..], |buf| &**buf))
+            }
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    /// Writes the rest of the refusal; once it is all out, reports hyper's bytes as written.
+    /// `offered` is what hyper offers now, which must begin with the bytes the refusal
+    /// replaces (hyper offers them again after `Pending`).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>, offered: &[u8]) -> Poll<io::Result<usize>> {
+        let Self { inner, refusal, .. } = self;
+        let Some(answer) = refusal.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if !offered.starts_with(&answer.replaces) {
+            return Poll::Ready(Err(io::Error::other(
+                "the write changed while krouter's answer to an unparseable head was sent",
+            )));
+        }
+        while let Some(rest) = answer.bytes.get(answer.sent..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut *inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => answer.sent += n,
+                other => return other,
+            }
+        }
+        let replaced = answer.replaces.len();
+        *refusal = None;
+        Poll::Ready(Ok(replaced))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -471,7 +501,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -510,9 +540,9 @@ impl AsyncWrite for Watched {
 // === impl Refusal ===
 
 impl Refusal {
-    /// krouter's answer in place of `bare`, which covers `replaces` bytes of hyper's write,
-    /// to a client at `peer`; logged with the request id the answer carries.
-    fn new(bare: &Bare<'_>, replaces: usize, peer: IpAddr) -> Self {
+    /// krouter's answer in place of `bare`, hyper's write `replaces`, to a client at `peer`;
+    /// logged with the request id the answer carries.
+    fn new(bare: &Bare<'_>, replaces: &[u8], peer: IpAddr) -> Self {
         let id = RequestId::generate();
         tracing::info!(
             request_id = id.as_str(),
@@ -539,7 +569,7 @@ impl Refusal {
         Self {
             bytes,
             sent: 0,
-            replaces,
+            replaces: replaces.to_vec(),
         }
     }
 }
@@ -547,29 +577,30 @@ impl Refusal {
 // === impl Bare ===
 
 impl<'a> Bare<'a> {
-    /// hyper's bare answer if `write` ends with one: a status line of [`BARE`], then
-    /// optionally `connection: close`, `content-length: 0` and a `date` line, then the
-    /// empty line. krouter's own responses never end so (they carry `nosniff` and their own
-    /// headers between the status line and hyper's), nor does a chunked body (it ends `0`
-    /// CRLF CRLF) or a JSON one.
+    /// hyper's bare answer if `write` ends with exactly one: a status line of [`BARE`],
+    /// `connection: close` on HTTP/1.1 (none on HTTP/1.0), `content-length: 0`, a `date`
+    /// line and the empty line, as hyper 1.x writes it (lowercase names, the date header
+    /// on: see the builder in `serve.rs`). krouter's own responses never end so (they carry
+    /// `nosniff` and their own headers between the status line and hyper's), nor does a
+    /// chunked body (it ends `0` CRLF CRLF), a JSON one, or a body ending in an empty line
+    /// ([`Watch`] turns the check off after one).
     fn find(write: &'a [u8]) -> Option<Self> {
         let rest = write.strip_suffix(b"\r\n")?;
-        let (rest, date) = match rest.len().checked_sub(DATE_LINE) {
-            Some(at) if rest.get(at..).is_some_and(is_date_line) => (
-                rest.get(..at).unwrap_or_default(),
-                rest.get(at..).unwrap_or_default(),
-            ),
-            _ => (rest, &[][..]),
+        let (rest, date) = rest.split_at_checked(rest.len().checked_sub(DATE_LINE)?)?;
+        if !is_date_line(date) {
+            return None;
+        }
+        let rest = rest.strip_suffix(ZERO_LENGTH)?;
+        let (rest, closes) = match rest.strip_suffix(CLOSE) {
+            Some(rest) => (rest, true),
+            None => (rest, false),
         };
-        let rest = rest.strip_suffix(ZERO_LENGTH).unwrap_or(rest);
-        let rest = rest.strip_suffix(CLOSE).unwrap_or(rest);
         BARE.iter().find_map(|&(line, status, kind, message)| {
             let before = rest.strip_suffix(line)?;
             let at = before.len().checked_sub(8)?;
-            let version = before
-                .get(at..)
-                .filter(|v| *v == b"HTTP/1.1" || *v == b"HTTP/1.0")?;
-            Some(Self {
+            let version = before.get(at..)?;
+            let exact = (version == b"HTTP/1.1" && closes) || (version == b"HTTP/1.0" && !closes);
+            exact.then_some(Self {
                 at,
                 version,
                 status_line: line,
@@ -649,11 +680,19 @@ impl Active {
             // fires early finds nothing expired and is set again.
             watch.served.store(true, Ordering::Release);
             watch.head_since.store(UNSET, Ordering::Release);
+            watch.ends_blank.store(false, Ordering::Release);
         }
         Self {
             watch: Arc::clone(watch),
             total: Arc::clone(total),
         }
+    }
+
+    /// Notes response body bytes about to be sent: whether they end in an empty line.
+    pub(crate) fn sent(&self, data: &[u8]) {
+        self.watch
+            .ends_blank
+            .store(data.ends_with(b"\r\n\r\n"), Ordering::Release);
     }
 }
 
@@ -703,55 +742,61 @@ mod tests {
         assert!(capture.done && capture.bytes.is_empty());
     }
 
+    const DATE: &[u8] = b"date: Tue, 24 Nov 2026 10:00:00 GMT\r\n";
+
+    /// hyper's bare answer: `status_line` (with its CRLF), then the lines it writes.
+    fn bare(status_line: &str, close: bool, length: bool, date: bool) -> Vec<u8> {
+        let mut bytes = status_line.as_bytes().to_vec();
+        for (on, line) in [(close, CLOSE), (length, ZERO_LENGTH), (date, DATE)] {
+            if on {
+                bytes.extend_from_slice(line);
+            }
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes
+    }
+
     #[test]
     fn hypers_bare_answers_are_found_at_the_end_of_a_write_and_nothing_else_is() {
-        let date = b"date: Tue, 24 Nov 2026 10:00:00 GMT\r\n";
-        assert!(is_date_line(date));
+        assert!(is_date_line(DATE));
         // A line break inside the value would put a header of its own into the answer.
         assert!(!is_date_line(b"date: Tue, 24 Nov 2026 1\r\nx: yyyyyy\r\n"));
-        let bare = |status_line: &str, close: bool, length: bool, dated: bool| {
-            let mut bytes = status_line.as_bytes().to_vec();
-            if close {
-                bytes.extend_from_slice(CLOSE);
-            }
-            if length {
-                bytes.extend_from_slice(ZERO_LENGTH);
-            }
-            if dated {
-                bytes.extend_from_slice(date);
-            }
-            bytes.extend_from_slice(b"\r\n");
-            bytes
-        };
         for (line, status) in [
             ("HTTP/1.1 400 Bad Request\r\n", 400),
-            ("HTTP/1.0 400 Bad Request\r\n", 400),
             ("HTTP/1.1 414 URI Too Long\r\n", 414),
             ("HTTP/1.1 431 Request Header Fields Too Large\r\n", 431),
+            ("HTTP/1.0 400 Bad Request\r\n", 400),
         ] {
-            for bits in 0..8 {
-                let dated = bits & 1 != 0;
-                let write = bare(line, bits & 4 != 0, bits & 2 != 0, dated);
-                let found = Bare::find(&write).unwrap();
-                assert_eq!((found.at, found.status), (0, status), "{line}");
-                assert_eq!(found.date, if dated { &date[..] } else { &[][..] });
-                // After the tail of an earlier response, it is found where it starts.
-                let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
-                let tail = after.len();
-                after.extend_from_slice(&write);
-                assert_eq!(Bare::find(&after).map(|b| b.at), Some(tail));
+            // HTTP/1.1 answers say they close; HTTP/1.0 ones close without saying so.
+            let http10 = line.starts_with("HTTP/1.0");
+            let write = bare(line, !http10, true, true);
+            let found = Bare::find(&write).unwrap();
+            assert_eq!((found.at, found.status, found.date), (0, status, DATE));
+            // After the tail of an earlier response, it is found where it starts.
+            let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+            let tail = after.len();
+            after.extend_from_slice(&write);
+            assert_eq!(Bare::find(&after).map(|b| b.at), Some(tail));
+            // Any other shape is not hyper's.
+            for (close, length, date) in [
+                (http10, true, true),
+                (!http10, false, true),
+                (!http10, true, false),
+            ] {
+                let write = bare(line, close, length, date);
+                assert_eq!(Bare::find(&write), None, "{line} {close} {length} {date}");
             }
         }
         let not = [
             // krouter's own error: its headers stand between the status line and hyper's.
-            &b"HTTP/1.1 400 Bad Request\r\nx-content-type-options: nosniff\r\ncontent-length: 0\r\n\r\n"[..],
+            &b"HTTP/1.1 400 Bad Request\r\nx-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 24 Nov 2026 10:00:00 GMT\r\n\r\n"[..],
             // A chunked body's end, a body, other statuses, a head with a body after it.
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             b"{\"error\":{}}",
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 24 Nov 2026 10:00:00 GMT\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}",
-            b"HTTP/2.0 400 Bad Request\r\n\r\n",
-            b" 400 Bad Request\r\n\r\n",
+            b"HTTP/2.0 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Tue, 24 Nov 2026 10:00:00 GMT\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
             b"",
         ];
         for write in not {
@@ -764,12 +809,159 @@ mod tests {
         }
     }
 
+    /// A socket whose writes take what the script says, one step per write: `Some(n)` at
+    /// most `n` bytes, `None` not now (`Pending`); all of it once the script has run out.
+    struct Script {
+        out: Vec<u8>,
+        steps: std::collections::VecDeque<Option<usize>>,
+    }
+
+    impl AsyncWrite for Script {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            match this.steps.pop_front().unwrap_or(Some(usize::MAX)) {
+                None => Poll::Pending,
+                Some(n) => {
+                    let n = n.min(buf.len());
+                    this.out.extend_from_slice(&buf[..n]);
+                    Poll::Ready(Ok(n))
+                }
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn watched(steps: &[Option<usize>]) -> (Watched<Script>, Arc<Watch>) {
+        let second = Duration::from_secs(1);
+        let watch = Arc::new(Watch::with_times(second, second, second));
+        let script = Script {
+            out: Vec::new(),
+            steps: steps.iter().copied().collect(),
+        };
+        let socket = Watched::new(script, IpAddr::from([127, 0, 0, 1]), Arc::clone(&watch), 64);
+        (socket, watch)
+    }
+
+    /// Writes `parts` as hyper does: offers what is left (as one slice, or as the parts
+    /// still unwritten when `vectored`) until all of it is reported written, offering the
+    /// same bytes again after `Pending`.
+    fn write_all(socket: &mut Watched<Script>, parts: &[&[u8]], vectored: bool) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let whole = parts.concat();
+        let mut done = 0;
+        let mut turns = 0;
+        while done < whole.len() {
+            turns += 1;
+            assert!(turns < 1000, "no progress");
+            let poll = if vectored {
+                // The parts from the first one not yet written whole, the first cut short.
+                let mut start = 0;
+                let mut slices = Vec::new();
+                for part in parts {
+                    let end = start + part.len();
+                    if end > done {
+                        slices.push(io::IoSlice::new(&part[done.saturating_sub(start)..]));
+                    }
+                    start = end;
+                }
+                Pin::new(&mut *socket).poll_write_vectored(&mut cx, &slices)
+            } else {
+                Pin::new(&mut *socket).poll_write(&mut cx, &whole[done..])
+            };
+            match poll {
+                Poll::Ready(Ok(n)) => {
+                    assert!(n > 0 && done + n <= whole.len(), "reported {n} at {done}");
+                    done += n;
+                }
+                Poll::Ready(Err(error)) => panic!("{error}"),
+                Poll::Pending => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_answer_is_replaced_whole_through_short_writes_and_pending() {
+        let tail = &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"[..];
+        let answer = bare("HTTP/1.1 400 Bad Request\r\n", true, true, true);
+        let steps = [Some(10), None, Some(30), Some(20), None, Some(7), None];
+        for vectored in [false, true] {
+            let (mut socket, _watch) = watched(&steps);
+            write_all(&mut socket, &[tail, &answer], vectored);
+            let out = String::from_utf8(std::mem::take(&mut socket.inner.out)).unwrap();
+            // The earlier response's tail as it was, then krouter's answer whole.
+            let rest = out
+                .strip_prefix(std::str::from_utf8(tail).unwrap())
+                .unwrap();
+            let (head, body) = rest.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+            assert!(
+                head.contains("\r\nx-content-type-options: nosniff\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("\r\ncontent-length: "), "{head}");
+            let error: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(error["error"]["type"], "invalid_request_error");
+            assert!(socket.refusal.is_none());
+        }
+    }
+
+    #[test]
+    fn a_write_changed_after_pending_fails_instead_of_being_misreported() {
+        let answer = bare("HTTP/1.1 400 Bad Request\r\n", true, true, true);
+        let (mut socket, _watch) = watched(&[Some(5), None]);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let first = Pin::new(&mut socket).poll_write(&mut cx, &answer);
+        assert!(first.is_pending());
+        let second = Pin::new(&mut socket).poll_write(&mut cx, b"something else");
+        assert!(matches!(second, Poll::Ready(Err(_))), "{second:?}");
+    }
+
+    #[test]
+    fn nothing_is_replaced_while_a_request_is_in_flight_or_after_a_body_ending_in_a_blank_line() {
+        let answer = bare("HTTP/1.1 400 Bad Request\r\n", true, true, true);
+        let total = Arc::new(AtomicUsize::new(0));
+        // In flight: the bytes are a response's, not hyper's answer.
+        let (mut socket, watch) = watched(&[]);
+        let active = Active::enter(&watch, &total);
+        write_all(&mut socket, &[&answer], false);
+        assert_eq!(socket.inner.out, answer);
+        // Its body ended in an empty line: the next write may be its last bytes.
+        active.sent(b"a body that ends so\r\n\r\n");
+        drop(active);
+        socket.inner.out.clear();
+        write_all(&mut socket, &[&answer], true);
+        assert_eq!(socket.inner.out, answer);
+        // The next request clears that; after its body, hyper's answer is replaced again.
+        let active = Active::enter(&watch, &total);
+        active.sent(b"{}");
+        drop(active);
+        socket.inner.out.clear();
+        write_all(&mut socket, &[&answer], false);
+        assert!(socket.inner.out.windows(7).any(|w| w == b"nosniff"));
+    }
+
     #[test]
     fn a_refusal_carries_krouters_headers_the_error_object_and_hypers_date() {
-        let write = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 24 Nov 2026 10:00:00 GMT\r\n\r\n";
-        let bare = Bare::find(write).unwrap();
-        let refusal = Refusal::new(&bare, write.len(), IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(refusal.replaces, write.len());
+        let write = bare(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            true,
+            true,
+            true,
+        );
+        let found = Bare::find(&write).unwrap();
+        let refusal = Refusal::new(&found, &write, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(refusal.replaces, write);
         let text = String::from_utf8(refusal.bytes).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let mut lines = head.split("\r\n");
