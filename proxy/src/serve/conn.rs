@@ -49,27 +49,26 @@ pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const UNSET: u64 = u64::MAX;
 /// A deadline far enough away to mean none; the watch is woken when one appears.
 const FAR: Duration = Duration::from_secs(3600);
-/// The answers hyper writes itself to a head it cannot parse: the status line after the
-/// version, the status, the error kind and krouter's message for it.
-const BARE: [(&[u8], u16, ErrorKind, &str); 3] = [
-    (
-        b" 400 Bad Request\r\n",
-        400,
-        ErrorKind::InvalidRequest,
-        "The request head is not valid HTTP/1.1 (or krouter refuses its framing).",
-    ),
-    (
-        b" 414 URI Too Long\r\n",
-        414,
-        ErrorKind::TooLarge,
-        "The request target is too long.",
-    ),
-    (
-        b" 431 Request Header Fields Too Large\r\n",
-        431,
-        ErrorKind::TooLarge,
-        "The request head is too large or has too many header fields.",
-    ),
+/// The answers hyper writes itself to a head it cannot parse.
+const BARE: [BareStatus; 3] = [
+    BareStatus {
+        line: b" 400 Bad Request\r\n",
+        status: 400,
+        kind: ErrorKind::InvalidRequest,
+        message: "The request head is not valid HTTP/1.1 (or krouter refuses its framing).",
+    },
+    BareStatus {
+        line: b" 414 URI Too Long\r\n",
+        status: 414,
+        kind: ErrorKind::TooLarge,
+        message: "The request target is too long.",
+    },
+    BareStatus {
+        line: b" 431 Request Header Fields Too Large\r\n",
+        status: 431,
+        kind: ErrorKind::TooLarge,
+        message: "The request head is too large or has too many header fields.",
+    },
 ];
 /// hyper's `content-length` line on a bodiless answer.
 const ZERO_LENGTH: &[u8] = b"content-length: 0\r\n";
@@ -155,17 +154,23 @@ struct Refusal {
     replaces: Vec<u8>,
 }
 
+/// One status hyper answers an unparseable head with, and krouter's words for it.
+#[derive(Debug, PartialEq, Eq)]
+struct BareStatus {
+    /// The status line after the version, with its CRLF.
+    line: &'static [u8],
+    status: u16,
+    kind: ErrorKind,
+    message: &'static str,
+}
+
 /// hyper's bare answer at the end of a write: where it starts, and its parts.
 #[derive(Debug, PartialEq, Eq)]
 struct Bare<'a> {
     at: usize,
     /// `HTTP/1.x`.
     version: &'a [u8],
-    /// The status line after the version, with its CRLF.
-    status_line: &'a [u8],
-    status: u16,
-    kind: ErrorKind,
-    message: &'static str,
+    what: &'static BareStatus,
     /// hyper's `date` line.
     date: &'a [u8],
 }
@@ -420,65 +425,44 @@ impl<S: AsyncWrite + Unpin> Watched<S> {
             }
             self.refusal = Some(Refusal::new(&bare, buf, self.peer));
         }
-        match self.refusal {
-            Some(_) => self.poll_refusal(cx, buf),
-            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        let Some(refusal) = self.refusal.as_mut() else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let poll = refusal.poll_send(Pin::new(&mut self.inner), cx, buf);
+        if poll.is_ready() {
+            self.refusal = None;
         }
+        poll
     }
 
     /// Writes `bufs` as one write, unless hyper's bare answer is at their end: then what
-    /// comes before it, or krouter's answer in its place.
+    /// comes before it, or krouter's answer in its place ([`Watched::write`]).
     fn write_vectored(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.refusal.is_none() && self.may_refuse() {
-            let last = bufs.iter().rposition(|buf| !buf.is_empty());
-            if let Some(last) = last
-                && let Some(slice) = bufs.get(last)
-                && Bare::find(slice).is_some()
-            {
-                let before = bufs.get(..last).unwrap_or_default();
-                if before.iter().any(|buf| !buf.is_empty()) {
-                    return Pin::new(&mut self.inner).poll_write_vectored(cx, before);
-                }
-                return self.write(cx, slice);
+        let written = |buf: &io::IoSlice<'_>| !buf.is_empty();
+        if self.refusal.is_some() {
+            // hyper offers its answer again after a write that was not finished.
+            let first = bufs
+                .iter()
+                .find(|buf| written(buf))
+                .map_or(&[][..], |buf| &**buf);
+            return self.write(cx, first);
+        }
+        if self.may_refuse()
+            && let Some(last) = bufs.iter().rposition(&written)
+            && let Some(slice) = bufs.get(last)
+            && Bare::find(slice).is_some()
+        {
+            let before = bufs.get(..last).unwrap_or_default();
+            if before.iter().any(written) {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, before);
             }
+            return self.write(cx, slice);
         }
-        match self.refusal {
-            // hyper offers the same bytes again after a write that was not finished.
-            Some(_) => {
-                let first = bufs.iter().find(|buf| !buf.is_empty());
-                self.poll_refusal(cx, first.map_or(&[][..], |buf| &**buf))
-            }
-            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    /// Writes the rest of the refusal; once it is all out, reports hyper's bytes as written.
-    /// `offered` is what hyper offers now, which must begin with the bytes the refusal
-    /// replaces (hyper offers them again after `Pending`).
-    fn poll_refusal(&mut self, cx: &mut Context<'_>, offered: &[u8]) -> Poll<io::Result<usize>> {
-        let Self { inner, refusal, .. } = self;
-        let Some(answer) = refusal.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        if !offered.starts_with(&answer.replaces) {
-            return Poll::Ready(Err(io::Error::other(
-                "the write changed while krouter's answer to an unparseable head was sent",
-            )));
-        }
-        while let Some(rest) = answer.bytes.get(answer.sent..).filter(|r| !r.is_empty()) {
-            match Pin::new(&mut *inner).poll_write(cx, rest) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(n)) => answer.sent += n,
-                other => return other,
-            }
-        }
-        let replaced = answer.replaces.len();
-        *refusal = None;
-        Poll::Ready(Ok(replaced))
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -547,14 +531,14 @@ impl Refusal {
         tracing::info!(
             request_id = id.as_str(),
             client = IpText::new(peer).as_str(),
-            status = bare.status,
+            status = bare.what.status,
             "request head refused before parsing"
         );
-        let body = Dialect::OpenAi.error_body(bare.kind, bare.message);
+        let body = Dialect::OpenAi.error_body(bare.what.kind, bare.what.message);
         let mut bytes = Vec::with_capacity(256 + body.len());
         for part in [
             bare.version,
-            bare.status_line,
+            bare.what.line,
             b"content-type: application/json\r\ncontent-length: ",
             itoa::Buffer::new().format(body.len()).as_bytes(),
             b"\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nx-request-id: ",
@@ -571,6 +555,30 @@ impl Refusal {
             sent: 0,
             replaces: replaces.to_vec(),
         }
+    }
+
+    /// Writes the rest of the answer to `socket`; once it is all out, reports hyper's bytes
+    /// as written. `offered` is what hyper offers now, which must begin with the bytes the
+    /// answer replaces (hyper offers them again after `Pending`).
+    fn poll_send<S: AsyncWrite>(
+        &mut self,
+        mut socket: Pin<&mut S>,
+        cx: &mut Context<'_>,
+        offered: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !offered.starts_with(&self.replaces) {
+            return Poll::Ready(Err(io::Error::other(
+                "the write changed while krouter's answer to an unparseable head was sent",
+            )));
+        }
+        while let Some(rest) = self.bytes.get(self.sent..).filter(|r| !r.is_empty()) {
+            match socket.as_mut().poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(self.replaces.len()))
     }
 }
 
@@ -595,18 +603,15 @@ impl<'a> Bare<'a> {
             Some(rest) => (rest, true),
             None => (rest, false),
         };
-        BARE.iter().find_map(|&(line, status, kind, message)| {
-            let before = rest.strip_suffix(line)?;
+        BARE.iter().find_map(|what| {
+            let before = rest.strip_suffix(what.line)?;
             let at = before.len().checked_sub(8)?;
             let version = before.get(at..)?;
             let exact = (version == b"HTTP/1.1" && closes) || (version == b"HTTP/1.0" && !closes);
             exact.then_some(Self {
                 at,
                 version,
-                status_line: line,
-                status,
-                kind,
-                message,
+                what,
                 date,
             })
         })
@@ -771,7 +776,7 @@ mod tests {
             let http10 = line.starts_with("HTTP/1.0");
             let write = bare(line, !http10, true, true);
             let found = Bare::find(&write).unwrap();
-            assert_eq!((found.at, found.status, found.date), (0, status, DATE));
+            assert_eq!((found.at, found.what.status, found.date), (0, status, DATE));
             // After the tail of an earlier response, it is found where it starts.
             let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
             let tail = after.len();
