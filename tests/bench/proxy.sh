@@ -10,7 +10,9 @@
 #   --baseline=DIR  also run DIR/krouter (an earlier release build) in the same runs, for A/B
 #   --pairs=N   then N more rounds at 32 and 256 connections, the proxies back to back (4 s
 #               each), and the median of each round's CPU ratio: drift on a shared machine
-#               moves both sides of a round alike
+#               moves both sides of a round alike; then N rounds more with nginx and krouter
+#               paced at the same rate (half the slower one's rate above), neither the
+#               bottleneck, for their CPU per request at equal work
 #
 # It installs nginx (Debian package nginx-light, else nginx) with apt-get when it is missing,
 # builds the release binaries, uses only 127.0.0.1 and ports it picks, and stops everything it
@@ -313,6 +315,8 @@ mem_kib() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 # The number after "key": in a flat JSON line.
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+# The requests/s of target $1's run $2.
+get_rps() { field "${R[$1.$2]}" rps; }
 
 declare -A url proc R
 url[direct]=http://127.0.0.1:$uport
@@ -414,6 +418,23 @@ for ((i = 1; i <= pairs; i++)); do
         done
     done
 done
+# Equal-rate rounds (--pairs): nginx and krouter paced at the same request rate, half the
+# slower one's closed-loop rate at that connection count, so neither is the bottleneck. A
+# proxy that is (closed loop) leaves the client's and upstream's CPU idle between its answers
+# and pays to wake them for each one, which the faster proxy does not: at the same pace both
+# pay alike, and CPU per request compares their work.
+declare -A rate
+for c in 32 256; do
+    rate[$c]=$(awk -v a="$(get_rps nginx "c$c")" -v b="$(get_rps krouter "c$c")" \
+        'BEGIN { m = (a < b) ? a : b; printf "%d", (m > 2) ? m / 2 : 1 }')
+done
+for ((i = 1; i <= pairs; i++)); do
+    for c in 32 256; do
+        for t in nginx krouter; do
+            load "$t" "r$i.c$c" --warmup 0.5s --duration 4s --connections "$c" --rate "${rate[$c]}" --body "$body_json"
+        done
+    done
+done
 elapsed=$(($(date +%s) - started))
 # The writer batches every 50 ms; give it a moment, then read what it dropped.
 sleep 1
@@ -480,12 +501,12 @@ if [[ -n $baseline ]]; then
     echo "  peak RSS after 256 connections: $(mib "${R[krouter.peak]}") / $(mib "${R[baseline.peak]}") MiB"
 fi
 
-# ratios A B C: each paired round's CPU per request of A over B at C connections, then their
-# median.
+# ratios A B C [KIND]: each paired round's (KIND p, the default) or equal-rate round's (r)
+# CPU per request of A over B at C connections, then their median.
 ratios() {
-    local i list=()
+    local i list=() kind=${4:-p}
     for ((i = 1; i <= pairs; i++)); do
-        list+=("$(awk -v a="${R[$1.p$i.c$3.cpu]}" -v b="${R[$2.p$i.c$3.cpu]}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')")
+        list+=("$(awk -v a="${R[$1.$kind$i.c$3.cpu]}" -v b="${R[$2.$kind$i.c$3.cpu]}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')")
     done
     printf '%s ' "${list[@]}"
     printf '%s\n' "${list[@]}" | grep -v n/a | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "median %.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -496,6 +517,12 @@ if ((pairs > 0)); then
     for c in 32 256; do
         echo "  krouter / nginx, $c connections: $(ratios krouter nginx "$c")"
         [[ -z $baseline ]] || echo "  krouter / baseline, $c connections: $(ratios krouter baseline "$c")"
+    done
+    echo
+    echo "equal-rate rounds ($pairs, 0.5 s warm-up + 4 s each, both proxies paced at one rate), CPU per request ratios per round:"
+    for c in 32 256; do
+        echo "  krouter / nginx, $c connections at ${rate[$c]} requests/s: $(ratios krouter nginx "$c" r)"
+        echo "    CPU busy nginx / krouter (%): $(for ((i = 1; i <= pairs; i++)); do printf '%s/%s ' "${R[nginx.r$i.c$c.busy]}" "${R[krouter.r$i.c$c.busy]}"; done)"
     done
 fi
 

@@ -18,6 +18,13 @@
 //! `ttfe_p90_us`, `ttfe_p99_us`; `first_error` when there were errors. Exit codes: 0 after a
 //! run (even with errors), 1 when no request succeeded, 64 for bad arguments.
 //!
+//! With `--rate R` the connections share a schedule of R requests per second (each connection
+//! sends one request every `connections / R` seconds, the connections evenly staggered; a
+//! connection whose answer comes late sends its next request at once, and never skips one), so
+//! two proxies can be compared doing the same work at the same pace, neither of them the
+//! bottleneck. Latencies are then still from sending to the end of the answer. tokio's timer
+//! ticks once a millisecond, so at high rates the requests due within one tick go out together.
+//!
 //! It runs on one thread (a current-thread runtime), so pinning it to a core pins all of it.
 
 use std::io::Write as _;
@@ -42,7 +49,8 @@ usage: krouter-load --url http://HOST:PORT/PATH [options]
   --body TEXT         the request body (POST; content-type application/json unless given)
   --method M          the request method (default POST with a body, GET without)
   --sse               also time the first server-sent event with content (a non-empty \"content\")
-  --timeout D         one request's limit; a request over it is an error (default 30s)";
+  --timeout D         one request's limit; a request over it is an error (default 30s)
+  --rate R            R requests per second over all connections, paced (default: back to back)";
 
 /// What to send and for how long.
 struct Options {
@@ -57,6 +65,8 @@ struct Options {
     warmup: Duration,
     sse: bool,
     timeout: Duration,
+    /// Requests per second over all connections; `None`: back to back.
+    rate: Option<f64>,
 }
 
 /// What one connection saw.
@@ -133,7 +143,12 @@ async fn run(options: Rc<Options>) -> Vec<Stats> {
     let measure_from = start + options.warmup;
     let until = measure_from + options.duration;
     let tasks: Vec<_> = (0..options.connections)
-        .map(|_| tokio::task::spawn_local(connection(Rc::clone(&options), measure_from, until)))
+        .map(|i| {
+            let pace = options
+                .rate
+                .map(|rate| Pace::new(start, i, options.connections, rate));
+            tokio::task::spawn_local(connection(Rc::clone(&options), pace, measure_from, until))
+        })
         .collect();
     let mut all = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -149,8 +164,42 @@ async fn run(options: Rc<Options>) -> Vec<Stats> {
     all
 }
 
-/// One connection's loop: connect, send requests back to back, reconnect when it breaks.
-async fn connection(options: Rc<Options>, measure_from: Instant, until: Instant) -> Stats {
+/// One connection's share of a `--rate` schedule.
+struct Pace {
+    /// When this connection's next request is due.
+    next: Instant,
+    /// The time between two of its requests.
+    period: Duration,
+}
+
+impl Pace {
+    /// Connection `i` of `connections` at `rate` requests per second in all: one request
+    /// every `connections / rate` seconds, starting `i / rate` seconds after `start`.
+    fn new(start: Instant, i: usize, connections: usize, rate: f64) -> Self {
+        #[allow(clippy::cast_precision_loss)] // connection counts are far below 2^52
+        let (i, connections) = (i as f64, connections as f64);
+        Self {
+            next: start + Duration::from_secs_f64(i / rate),
+            period: Duration::from_secs_f64(connections / rate),
+        }
+    }
+
+    /// Waits until the next request is due (not at all when it is late), and books the one
+    /// after it.
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next.into()).await;
+        self.next += self.period;
+    }
+}
+
+/// One connection's loop: connect, send requests back to back (or as `pace` says), reconnect
+/// when it breaks.
+async fn connection(
+    options: Rc<Options>,
+    mut pace: Option<Pace>,
+    measure_from: Instant,
+    until: Instant,
+) -> Stats {
     let mut stats = Stats::default();
     'connect: while Instant::now() < until {
         let stream = match TcpStream::connect(options.addr).await {
@@ -180,6 +229,12 @@ async fn connection(options: Rc<Options>, measure_from: Instant, until: Instant)
             if let Err(error) = sender.ready().await {
                 stats.error(format!("connection closed: {error}"));
                 continue 'connect;
+            }
+            if let Some(pace) = pace.as_mut() {
+                pace.wait().await;
+                if Instant::now() >= until {
+                    break 'connect;
+                }
             }
             let request = build(&options);
             let sent = Instant::now();
@@ -367,6 +422,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
     let mut method = None;
     let mut sse = false;
     let mut timeout = Duration::from_secs(30);
+    let mut rate = None;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => {
@@ -405,6 +461,17 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
                 let val = HeaderValue::from_str(val.trim())
                     .map_err(|_| format!("--header {text:?}: a bad value"))?;
                 headers.push((name, val));
+            }
+            "--rate" => {
+                let text = value("--rate")?;
+                rate = Some(
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && (1.0..=10_000_000.0).contains(r))
+                        .ok_or_else(|| {
+                            format!("--rate {text:?} is not a number of requests per second from 1")
+                        })?,
+                );
             }
             "--body" => body = Some(value("--body")?),
             "--method" => {
@@ -466,6 +533,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
         warmup,
         sse,
         timeout,
+        rate,
     }))
 }
 
@@ -483,4 +551,55 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
     Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn rate_is_parsed_and_bounded() {
+        let parsed = parse(args(&["--url", "http://127.0.0.1:1/x", "--rate=2500.5"]));
+        let options = parsed.ok().flatten().map(|o| o.rate);
+        assert_eq!(options, Some(Some(2500.5)));
+        let closed = parse(args(&["--url", "http://127.0.0.1:1/x"]));
+        assert_eq!(closed.ok().flatten().map(|o| o.rate), Some(None));
+        for bad in ["0", "-5", "NaN", "inf", "fast", "0.5"] {
+            let error = parse(args(&["--url", "http://127.0.0.1:1/x", "--rate", bad]))
+                .err()
+                .unwrap_or_default();
+            assert!(error.contains("--rate"), "{bad}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn pace_staggers_connections_over_one_period() {
+        let start = Instant::now();
+        // 4 connections at 1,000 requests/s: each sends every 4 ms, 1 ms apart.
+        let paces: Vec<_> = (0..4).map(|i| Pace::new(start, i, 4, 1000.0)).collect();
+        for (i, pace) in paces.iter().enumerate() {
+            assert_eq!(pace.period, Duration::from_millis(4));
+            let offset = (pace.next - start).as_secs_f64() * 1000.0;
+            #[allow(clippy::cast_precision_loss)]
+            let want = i as f64;
+            assert!((offset - want).abs() < 1e-6, "connection {i}: {offset} ms");
+        }
+    }
+
+    #[tokio::test]
+    async fn pace_books_the_next_request_one_period_later() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start, 0, 2, 100.0);
+        pace.wait().await;
+        assert_eq!(pace.next - start, Duration::from_millis(20));
+        pace.wait().await;
+        assert_eq!(pace.next - start, Duration::from_millis(40));
+    }
 }
