@@ -477,6 +477,44 @@ fn ambiguous_framing_oversized_heads_and_bodies_and_unsafe_methods_are_refused()
 }
 
 #[test]
+fn a_request_target_over_hypers_64_kib_cap_gets_krouters_414() {
+    // hyper refuses a request target over 65,534 bytes with a bare 414 before krouter sees
+    // the request; only a `max_header_bytes` above that lets such a head be read at all.
+    let limits = TIGHT_LIMITS.replace("max_header_bytes = 8192", "max_header_bytes = 131072");
+    let mut bench = Bench::start(&limits);
+    let target = |n: usize| {
+        format!(
+            "GET /healthz?{} HTTP/1.1\r\nHost: krouter\r\n\r\n",
+            "q".repeat(n)
+        )
+        .into_bytes()
+    };
+    #[rustfmt::skip]
+    let cases = vec![
+        Case { name: "control: a 60,000-byte request target", forwarded: 0,
+            write: all(target(60_000)), expect: Expect::Status(200, false) },
+        Case { name: "a 70,000-byte request target", forwarded: 0,
+            write: all(target(70_000)), expect: Expect::Status(414, true) },
+    ];
+    for case in &cases {
+        bench.run(case);
+    }
+    let id = bench
+        .answered
+        .last()
+        .map(|(_, id)| id.clone())
+        .unwrap_or_default();
+    let log = bench.stop();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("request head refused before parsing")
+                && line.contains(&id)
+                && line.contains("414")),
+        "{id}: {log}"
+    );
+}
+
+#[test]
 fn slow_and_idle_clients_are_dropped() {
     let mut bench = Bench::start(TIGHT_LIMITS);
     let head = bench.chat(&format!("Content-Length: {}\r\n", 2000), b"");
