@@ -298,6 +298,17 @@ cpu_ticks() {
     done
     echo "$sum"
 }
+# "utime stime" (clock ticks) of the processes $@, all threads.
+cpu_split() {
+    local user=0 sys=0 pid stat
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        stat=${stat##*) }
+        read -ra f <<<"$stat"
+        user=$((user + f[11])) sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
+}
 # "name ticks" for every thread of process $1.
 thread_ticks() {
     local task stat name
@@ -336,10 +347,12 @@ body_gap='{"model":"stream-gap-50","stream":true,"messages":[{"role":"user","con
 # load TARGET TEST [krouter-load options...]: one run; records its JSON, and the proxy's CPU
 # time per completed request (warm-up included) when there is a proxy.
 load() {
-    local target=$1 test=$2 before after out threads_before t0 t1
+    local target=$1 test=$2 before after out threads_before t0 t1 split_before
     shift 2
     # shellcheck disable=SC2086 # proc[] holds a list of pids
     [[ -z ${proc[$target]} ]] || before=$(cpu_ticks ${proc[$target]})
+    # shellcheck disable=SC2086
+    [[ -z ${proc[$target]} ]] || split_before=$(cpu_split ${proc[$target]})
     [[ $target != krouter ]] || threads_before=$(thread_ticks "$kpid")
     t0=$(date +%s%N)
     out=$(taskset -c "$cpu_client" "$bin/krouter-load" --url "${url[$target]}/v1/chat/completions" \
@@ -352,6 +365,11 @@ load() {
         n=$(field "$out" total_requests)
         R[$target.$test.cpu]=$(awk -v t=$((after - before)) -v hz="$ticks" -v n="$n" \
             'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }')
+        # The same split into user and kernel (system) time: "user/system".
+        # shellcheck disable=SC2086
+        R[$target.$test.split]=$(awk -v hz="$ticks" -v n="$n" \
+            'NR == 1 { u = $1; s = $2 } NR == 2 { if (n > 0) printf "%.1f/%.1f", ($1 - u) * 1e6 / hz / n, ($2 - s) * 1e6 / hz / n; else print "n/a" }' \
+            <(echo "$split_before") <(cpu_split ${proc[$target]}))
         # How busy the proxy's CPU was: near 100 % means the proxy was the bottleneck.
         R[$target.$test.busy]=$(awk -v t=$((after - before)) -v hz="$ticks" -v ns=$((t1 - t0)) \
             'BEGIN { printf "%d", t / hz / (ns / 1e9) * 100 }')
@@ -476,6 +494,8 @@ row "p99 latency, 256 connections (ms)" "$(ms "$(get direct c256 p99_us)")" "$(m
 row "proxy CPU per request, 1 conn (µs)" - "${R[nginx.c1.cpu]}" "${R[krouter.c1.cpu]}"
 row "proxy CPU per request, 32 conns (µs)" - "${R[nginx.c32.cpu]}" "${R[krouter.c32.cpu]}"
 row "proxy CPU per request, 256 conns (µs)" - "${R[nginx.c256.cpu]}" "${R[krouter.c256.cpu]}"
+row "  user/system, 32 conns (µs)" - "${R[nginx.c32.split]}" "${R[krouter.c32.split]}"
+row "  user/system, 256 conns (µs)" - "${R[nginx.c256.split]}" "${R[krouter.c256.split]}"
 row "proxy CPU busy, 32 conns (%)" - "${R[nginx.c32.busy]}" "${R[krouter.c32.busy]}"
 row "proxy CPU busy, 256 conns (%)" - "${R[nginx.c256.busy]}" "${R[krouter.c256.busy]}"
 row "time to first content event p50 (µs)" "$(us "$(get direct sse ttfe_p50_us)")" "$(us "$(get nginx sse ttfe_p50_us)")" "$(us "$(get krouter sse ttfe_p50_us)")"

@@ -10,6 +10,8 @@
 //! events override earlier ones field by field, which gives Anthropic's cumulative
 //! `output_tokens` and OpenAI's single final chunk alike.
 
+use std::sync::LazyLock;
+
 use serde::Deserialize;
 
 /// Largest JSON body copied for usage; larger bodies pass through uncounted.
@@ -231,7 +233,7 @@ fn sse_line(line: &[u8], data: &mut Vec<u8>, skipping: &mut bool) -> Option<Vec<
 
 /// Merges the usage in one JSON document into `usage`, if it mentions any.
 fn merge(usage: &mut Usage, json: &[u8]) {
-    if !contains(json, b"\"usage\"") {
+    if !mentions_usage(json) {
         return;
     }
     let Ok(envelope) = serde_json::from_slice::<Envelope>(json) else {
@@ -302,8 +304,12 @@ fn classify(data: &[u8]) -> Progress {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
+/// Whether `json` mentions `"usage"` at all; the searcher is built once, not per body
+/// (building one cost about a tenth of a small body's parse).
+fn mentions_usage(json: &[u8]) -> bool {
+    static USAGE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE.find(json).is_some()
 }
 
 #[cfg(test)]
