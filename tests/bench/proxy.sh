@@ -287,17 +287,6 @@ done
 
 # --- Measuring helpers. ------------------------------------------------------------------
 ticks=$(getconf CLK_TCK)
-# utime + stime (clock ticks) of the processes $@, all threads.
-cpu_ticks() {
-    local sum=0 pid stat
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
-        stat=${stat##*) }
-        read -ra f <<<"$stat"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo "$sum"
-}
 # "utime stime" (clock ticks) of the processes $@, all threads.
 cpu_split() {
     local user=0 sys=0 pid stat
@@ -347,12 +336,10 @@ body_gap='{"model":"stream-gap-50","stream":true,"messages":[{"role":"user","con
 # load TARGET TEST [krouter-load options...]: one run; records its JSON, and the proxy's CPU
 # time per completed request (warm-up included) when there is a proxy.
 load() {
-    local target=$1 test=$2 before after out threads_before t0 t1 split_before
+    local target=$1 test=$2 user0 sys0 user1 sys1 out threads_before t0 t1
     shift 2
     # shellcheck disable=SC2086 # proc[] holds a list of pids
-    [[ -z ${proc[$target]} ]] || before=$(cpu_ticks ${proc[$target]})
-    # shellcheck disable=SC2086
-    [[ -z ${proc[$target]} ]] || split_before=$(cpu_split ${proc[$target]})
+    [[ -z ${proc[$target]} ]] || read -r user0 sys0 <<<"$(cpu_split ${proc[$target]})"
     [[ $target != krouter ]] || threads_before=$(thread_ticks "$kpid")
     t0=$(date +%s%N)
     out=$(taskset -c "$cpu_client" "$bin/krouter-load" --url "${url[$target]}/v1/chat/completions" \
@@ -360,18 +347,17 @@ load() {
     t1=$(date +%s%N)
     if [[ -n ${proc[$target]} ]]; then
         # shellcheck disable=SC2086
-        after=$(cpu_ticks ${proc[$target]})
-        local n
+        read -r user1 sys1 <<<"$(cpu_split ${proc[$target]})"
+        local n user=$((user1 - user0)) sys=$((sys1 - sys0))
+        local t=$((user + sys))
         n=$(field "$out" total_requests)
-        R[$target.$test.cpu]=$(awk -v t=$((after - before)) -v hz="$ticks" -v n="$n" \
+        R[$target.$test.cpu]=$(awk -v t="$t" -v hz="$ticks" -v n="$n" \
             'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }')
         # The same split into user and kernel (system) time: "user/system".
-        # shellcheck disable=SC2086
-        R[$target.$test.split]=$(awk -v hz="$ticks" -v n="$n" \
-            'NR == 1 { u = $1; s = $2 } NR == 2 { if (n > 0) printf "%.1f/%.1f", ($1 - u) * 1e6 / hz / n, ($2 - s) * 1e6 / hz / n; else print "n/a" }' \
-            <(echo "$split_before") <(cpu_split ${proc[$target]}))
+        R[$target.$test.split]=$(awk -v u="$user" -v s="$sys" -v hz="$ticks" -v n="$n" \
+            'BEGIN { if (n > 0) printf "%.1f/%.1f", u * 1e6 / hz / n, s * 1e6 / hz / n; else print "n/a" }')
         # How busy the proxy's CPU was: near 100 % means the proxy was the bottleneck.
-        R[$target.$test.busy]=$(awk -v t=$((after - before)) -v hz="$ticks" -v ns=$((t1 - t0)) \
+        R[$target.$test.busy]=$(awk -v t="$t" -v hz="$ticks" -v ns=$((t1 - t0)) \
             'BEGIN { printf "%d", t / hz / (ns / 1e9) * 100 }')
         if [[ $target == krouter ]]; then
             # CPU per request by thread name (threads that ended during the run are missing).
