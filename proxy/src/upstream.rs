@@ -1,45 +1,68 @@
-//! The upstream client: hyper over rustls (ring), pooled keep-alive, HTTP/2 where the
-//! provider offers it by ALPN, public roots plus an optional extra CA, `TCP_NODELAY`, and a
-//! resolver that refuses any host whose addresses the SSRF guard refuses ([`connect`]).
-//! Redirects are never followed: hyper's client does not follow them, and the forward stage
-//! treats a 3xx as the final answer.
+//! The upstream client: hyper over rustls (ring), HTTP/2 where the provider offers it by
+//! ALPN, public roots plus an optional extra CA, `TCP_NODELAY`, and a resolver that refuses
+//! any host whose addresses the SSRF guard refuses ([`connect`]). Redirects are never
+//! followed: nothing here follows them, and the forward stage treats a 3xx as the final
+//! answer.
+//!
+//! Connections are pooled here rather than by hyper-util's client, which spawned a task
+//! and hashed its pool key byte by byte for every request. An HTTP/1.1 connection goes back
+//! to its pool when its response body has been read to the end ([`UpstreamBody`]); one
+//! whose body was abandoned is closed. An HTTP/2 connection is shared by every request to
+//! its host. Idle connections are closed after 60 to 90 seconds.
 
+use std::collections::HashMap;
+use std::future::poll_fn;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Frame, SizeHint};
+use http::header::{self, HeaderValue};
+use http::uri::{Parts, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use tokio::sync::oneshot;
+use tower_service::Service as _;
 
 pub mod connect;
 
 use crate::error::UpstreamFailure;
 use connect::SsrfResolver;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+/// How often idle connections are looked over; one idle for [`IDLE_SWEEPS`] sweeps is
+/// closed, so an idle connection lives 60 to 90 seconds.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Sweeps an idle connection survives.
+const IDLE_SWEEPS: u64 = 3;
+/// Idle HTTP/1.1 connections kept per host, at most; more are closed as they come back.
+const MAX_IDLE_PER_HOST: usize = 1024;
+/// Times a request is sent again because a pooled connection closed before taking it (an
+/// upstream's keep-alive timeout racing the request); after that a new connection is made.
+const REUSE_RETRIES: usize = 3;
 
-/// The longest connect any policy may ask for (`connect_timeout_ms` is at most 120 s).
-const MAX_CONNECT: Duration = Duration::from_secs(120);
+type Connector = HttpsConnector<HttpConnector<SsrfResolver>>;
 
-type HyperClient = Client<HttpsConnector<HttpConnector<SsrfResolver>>, SignalBody>;
+/// A connection's answer to one request: the response head, or the error (with the request
+/// handed back if it was never sent).
+type Sent = Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>;
 
-/// The shared upstream client: one connection pool for every provider.
+/// The shared upstream client: one connection pool per host.
 pub struct Upstream {
-    client: HyperClient,
+    connector: Connector,
+    pools: Arc<Pools>,
+    /// Whether the idle sweeper runs (started with the first connection, inside the runtime).
+    sweeping: AtomicBool,
 }
 
 /// Why the upstream client could not be built.
@@ -57,6 +80,53 @@ pub enum TlsSetupError {
     /// rustls refused the configuration.
     #[error("could not configure TLS for upstreams")]
     Rustls(#[source] rustls::Error),
+}
+
+/// The response body of an upstream answer. Reading it to the end gives its HTTP/1.1
+/// connection back to the pool; dropping it before the end closes that connection.
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// Boxed: the pipeline moves this body around by value.
+    back: Option<Box<GiveBack>>,
+}
+
+/// An HTTP/1.1 connection to return to `pool` once its response has been read.
+struct GiveBack {
+    pool: Arc<Pool>,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+/// Every host's pool, by scheme and authority (`host:port` as the provider's URL has it).
+#[derive(Default)]
+struct Pools {
+    hosts: Mutex<HashMap<Box<str>, Arc<Pool>>>,
+    tls_hosts: Mutex<HashMap<Box<str>, Arc<Pool>>>,
+    /// Sweeps done so far: an idle connection remembers the count when it came back.
+    sweeps: Arc<AtomicU64>,
+}
+
+/// One host's connections.
+struct Pool {
+    tls: bool,
+    /// `host:port` as the provider's URL has it.
+    authority: Box<str>,
+    idle: Mutex<Idle>,
+    /// [`Pools::sweeps`].
+    sweeps: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Idle HTTP/1.1 connections and the sweep count when each came back; the newest last.
+    h1: Vec<(http1::SendRequest<Full<Bytes>>, u64)>,
+    /// The shared HTTP/2 connection and the sweep count when it was last used.
+    h2: Option<(http2::SendRequest<Full<Bytes>>, u64)>,
+}
+
+/// A connection ready for one request.
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 // === impl Upstream ===
@@ -91,97 +161,183 @@ impl Upstream {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {
-            client: build(Arc::new(tls)),
+            connector: connector(tls),
+            pools: Arc::default(),
+            sweeping: AtomicBool::new(false),
         })
     }
 
-    /// Sends `request`. The connect phase (pool checkout, TCP, TLS) may take `connect`;
-    /// once hyper starts writing the request, the response head must arrive within
-    /// `first_byte`.
+    /// Sends `request` (its URI absolute). Taking a pooled connection or making one (TCP,
+    /// TLS, handshake) may take `connect`; once the request is handed to a connection, the
+    /// response head must arrive within `first_byte`.
     pub async fn send(
         &self,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
         connect: Duration,
         first_byte: Duration,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
-        let (started, connected) = oneshot::channel();
-        let request = request.map(|inner| SignalBody {
-            inner,
-            started: Some(started),
-        });
-        let response = self.client.request(request);
-        let clock = async {
-            if tokio::time::timeout(connect, connected).await.is_err() {
-                return UpstreamFailure::Timeout;
-            }
-            tokio::time::sleep(first_byte).await;
-            UpstreamFailure::Timeout
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        let uri = request.uri();
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(UpstreamFailure::Connect),
         };
-        tokio::select! {
-            biased;
-            result = response => result.map_err(|error| classify(&error)),
-            failure = clock => Err(failure),
+        let authority = uri.authority().ok_or(UpstreamFailure::Connect)?.as_str();
+        let pool = self.pools.pool(tls, authority);
+        let mut reused_tries = 0;
+        loop {
+            let (sender, reused) = match pool.take() {
+                Some(sender) if reused_tries < REUSE_RETRIES => (sender, true),
+                // Boxed: a connect's future is large, and the pipeline's future, which
+                // hyper moves per request, would otherwise hold it inline.
+                _ => match tokio::time::timeout(connect, Box::pin(self.open(&pool))).await {
+                    Ok(opened) => (opened?, false),
+                    Err(_) => return Err(UpstreamFailure::Timeout),
+                },
+            };
+            let (sent, back) = match sender {
+                Sender::H1(mut sender) => {
+                    pool.http1_form(&mut request)?;
+                    let sent = head(first_byte, sender.try_send_request(request)).await?;
+                    (sent, Some(sender))
+                }
+                Sender::H2(mut sender) => {
+                    pool.http2_form(&mut request)?;
+                    (
+                        head(first_byte, sender.try_send_request(request)).await?,
+                        None,
+                    )
+                }
+            };
+            let mut unsent = match sent {
+                Ok(response) => {
+                    let back = back.map(|sender| Box::new(GiveBack { pool, sender }));
+                    return Ok(response.map(|inner| UpstreamBody { inner, back }));
+                }
+                Err(error) => error,
+            };
+            // A request handed back was not sent at all: when the connection was a pooled
+            // one that closed first, it is sent again; on a new one, nothing was sent, so
+            // it is a connect failure. Anything else may have reached the upstream.
+            request = match unsent.take_message() {
+                Some(again) if reused => again,
+                Some(_) => return Err(UpstreamFailure::Connect),
+                None => return Err(UpstreamFailure::Broken),
+            };
+            reused_tries += 1;
+        }
+    }
+
+    /// A new connection to `pool`'s host: HTTP/2 if TLS negotiated it, else HTTP/1.1. An
+    /// HTTP/2 connection goes into the pool at once, for every request to share.
+    async fn open(&self, pool: &Arc<Pool>) -> Result<Sender, UpstreamFailure> {
+        self.start_sweeping();
+        let uri = pool.root()?;
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|error| classify(&*error))?;
+        let io = connector
+            .call(uri)
+            .await
+            .map_err(|error| classify(&*error))?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|_| UpstreamFailure::Connect)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                }
+            });
+            pool.share_h2(sender.clone());
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io)
+                .await
+                .map_err(|_| UpstreamFailure::Connect)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    /// Starts the task that closes connections idle too long, once.
+    fn start_sweeping(&self) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pools = Arc::downgrade(&self.pools);
+        tokio::spawn(sweep(pools));
+    }
+}
+
+/// What a connection answered, if its head came within `first_byte`.
+async fn head(
+    first_byte: Duration,
+    answer: impl Future<Output = Sent>,
+) -> Result<Sent, UpstreamFailure> {
+    tokio::time::timeout(first_byte, answer)
+        .await
+        .map_err(|_| UpstreamFailure::Timeout)
+}
+
+/// Every [`SWEEP_EVERY`], closes the connections idle for [`IDLE_SWEEPS`] sweeps or
+/// closed by their upstream, until the client is gone.
+async fn sweep(pools: Weak<Pools>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(pools) = pools.upgrade() else { return };
+        let now = pools.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        for hosts in [&pools.hosts, &pools.tls_hosts] {
+            let all: Vec<Arc<Pool>> = hosts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for pool in all {
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let fresh = |since: u64| now.saturating_sub(since) < IDLE_SWEEPS;
+                idle.h1
+                    .retain(|(sender, since)| !sender.is_closed() && fresh(*since));
+                if idle
+                    .h2
+                    .as_ref()
+                    .is_some_and(|(sender, since)| sender.is_closed() || !fresh(*since))
+                {
+                    idle.h2 = None;
+                }
+            }
         }
     }
 }
 
-/// The request body, telling [`Upstream::send`] when hyper first polls it: the moment a
-/// connection is ready and the request is being written.
-struct SignalBody {
-    inner: Full<Bytes>,
-    started: Option<oneshot::Sender<()>>,
-}
-
-impl http_body::Body for SignalBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(started) = self.started.take() {
-            let _ = started.send(());
-        }
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn build(tls: Arc<ClientConfig>) -> HyperClient {
+fn connector(tls: ClientConfig) -> Connector {
     let mut http = HttpConnector::new_with_resolver(SsrfResolver);
     http.enforce_http(false);
     http.set_nodelay(true);
-    // Each request's own connect timeout is enforced by `send`; this only bounds a connect
-    // that outlives its request (hyper finishes it to pool the connection).
-    http.set_connect_timeout(Some(MAX_CONNECT));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
+        .wrap_connector(http)
 }
 
-/// What a client error means for the attempt.
-/// A connect error (nothing was sent) may fall back; any other error may have come after
-/// the request reached the upstream, so it is final ([`UpstreamFailure::Broken`]). hyper
-/// itself re-sends a request that a pooled connection closed before taking it.
-fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// What a connect error means: the SSRF guard's refusal, or any other failure to connect
+/// (refused, reset, TLS, DNS), which may fall back since nothing was sent.
+fn classify(error: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
+    let mut source = Some(error);
     while let Some(cause) = source {
         let refused = cause.is::<connect::Refused>()
             || cause
@@ -193,9 +349,185 @@ fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
         }
         source = cause.source();
     }
-    if error.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Broken
+    UpstreamFailure::Connect
+}
+
+// === impl Pools ===
+
+impl Pools {
+    /// The pool for `authority` over TLS or not, made on first use.
+    fn pool(self: &Arc<Self>, tls: bool, authority: &str) -> Arc<Pool> {
+        let hosts = if tls { &self.tls_hosts } else { &self.hosts };
+        let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = hosts.get(authority) {
+            return Arc::clone(pool);
+        }
+        let pool = Arc::new(Pool {
+            tls,
+            authority: authority.into(),
+            idle: Mutex::default(),
+            sweeps: Arc::clone(&self.sweeps),
+        });
+        hosts.insert(authority.into(), Arc::clone(&pool));
+        pool
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// `scheme://authority/`: what the connector is asked to connect to.
+    fn root(&self) -> Result<Uri, UpstreamFailure> {
+        Uri::builder()
+            .scheme(self.scheme())
+            .authority(&*self.authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|_| UpstreamFailure::Connect)
+    }
+
+    fn scheme(&self) -> Scheme {
+        if self.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+
+    /// Makes `request` what HTTP/1.1 sends: the path alone, and a `Host` header. (A request
+    /// sent again already is.)
+    fn http1_form(&self, request: &mut Request<Full<Bytes>>) -> Result<(), UpstreamFailure> {
+        if request.uri().scheme().is_none() {
+            return Ok(());
+        }
+        // Never user information in the header (the policy refuses it in a URL anyway).
+        let host = self.authority.rsplit('@').next().unwrap_or(&self.authority);
+        let host = HeaderValue::from_str(host).map_err(|_| UpstreamFailure::Connect)?;
+        let mut parts = Parts::default();
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Connect)?;
+        request.headers_mut().insert(header::HOST, host);
+        Ok(())
+    }
+
+    /// Makes `request` what HTTP/2 sends: the absolute URI (its `:scheme`, `:authority`
+    /// and `:path`) and no `Host` header. (Only a request first tried over HTTP/1.1 needs
+    /// the change.)
+    fn http2_form(&self, request: &mut Request<Full<Bytes>>) -> Result<(), UpstreamFailure> {
+        if request.uri().scheme().is_some() {
+            return Ok(());
+        }
+        let mut parts = Parts::default();
+        parts.scheme = Some(self.scheme());
+        parts.authority = Some(
+            http::uri::Authority::try_from(&*self.authority)
+                .map_err(|_| UpstreamFailure::Connect)?,
+        );
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Connect)?;
+        request.headers_mut().remove(header::HOST);
+        Ok(())
+    }
+
+    /// A pooled connection ready for a request: the shared HTTP/2 one, or the newest idle
+    /// HTTP/1.1 one. Closed ones are dropped; one still finishing its last response stays.
+    fn take(&self) -> Option<Sender> {
+        let now = self.sweeps.load(Ordering::Relaxed);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((sender, used)) = &mut idle.h2 {
+            if sender.is_ready() {
+                *used = now;
+                return Some(Sender::H2(sender.clone()));
+            }
+            idle.h2 = None;
+        }
+        let mut finishing = 0;
+        while idle.h1.len() > finishing {
+            let newest = idle.h1.len() - 1 - finishing;
+            let Some((sender, _)) = idle.h1.get(newest) else {
+                break;
+            };
+            if sender.is_ready() {
+                return Some(Sender::H1(idle.h1.swap_remove(newest).0));
+            }
+            if sender.is_closed() {
+                idle.h1.swap_remove(newest);
+            } else {
+                finishing += 1;
+            }
+        }
+        None
+    }
+
+    /// Shares a new HTTP/2 connection (replacing a previous one, which closes once its
+    /// requests end).
+    fn share_h2(&self, sender: http2::SendRequest<Full<Bytes>>) {
+        let now = self.sweeps.load(Ordering::Relaxed);
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).h2 = Some((sender, now));
+    }
+
+    /// Takes back an HTTP/1.1 connection whose response has been read.
+    fn put(&self, sender: http1::SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = self.sweeps.load(Ordering::Relaxed);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.h1.len() < MAX_IDLE_PER_HOST {
+            idle.h1.push((sender, now));
+        }
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl UpstreamBody {
+    fn give_back(&mut self) {
+        if let Some(back) = self.back.take() {
+            back.pool.put(back.sender);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            // A broken body leaves a connection that cannot be used again.
+            Some(Err(_)) => self.back = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Read to the end without being polled past it (a reader that trusts
+        // `is_end_stream`): the connection is free.
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
     }
 }

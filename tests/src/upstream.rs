@@ -145,6 +145,10 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// The body (empty when it was over the size limit).
     pub body: Vec<u8>,
+    /// The HTTP version it came over.
+    pub version: hyper::Version,
+    /// Which connection it came over: connections are numbered from 1 as they are accepted.
+    pub connection: u64,
 }
 
 /// State shared by every connection of one server.
@@ -155,6 +159,8 @@ struct Shared {
     record: bool,
     seen: Mutex<Vec<Seen>>,
     next_id: AtomicU64,
+    /// The number of the last connection accepted.
+    connections: AtomicU64,
     /// Answers whose client went away before the mock had sent them whole.
     cancelled: AtomicU64,
     /// Requests seen per `flaky` model, for at most [`MAX_FLAKY_MODELS`] models.
@@ -370,6 +376,7 @@ impl Shared {
             record,
             seen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             flaky: Mutex::new(HashMap::new()),
         }
@@ -453,7 +460,9 @@ async fn serve_connection<I>(io: I, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| handler::handle(request, Arc::clone(&shared)));
+    let connection = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let service =
+        service_fn(move |request| handler::handle(request, Arc::clone(&shared), connection));
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
         .await;

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
 use krouter_config::store::CredentialKind;
 use krouter_policy::{Provider, ProviderKind, Target};
 use zeroize::Zeroizing;
@@ -59,7 +59,7 @@ pub enum Answer {
     /// A success (or other non-error) answer, streamed as it arrives.
     Stream {
         /// The upstream response, head received, body not yet read past `held`.
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         /// Body bytes already read (a stream held until its first content), sent first.
         held: Vec<Bytes>,
         /// The usage scanner, which has seen `held`.
@@ -284,11 +284,11 @@ async fn attempt(
 /// error event first is a failure the next target can take over. Past [`MAX_HELD`] bytes
 /// without a verdict the stream is let through as it is.
 async fn first_content(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     mut scanner: UsageScanner,
     wait: Duration,
     deadline: Instant,
-) -> Result<(Response<Incoming>, Vec<Bytes>, UsageScanner), UpstreamFailure> {
+) -> Result<(Response<UpstreamBody>, Vec<Bytes>, UsageScanner), UpstreamFailure> {
     let (parts, mut body) = response.into_parts();
     let until = tokio::time::Instant::from_std((Instant::now() + wait).min(deadline));
     let mut held = Vec::new();

@@ -16,10 +16,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::forward::{Answer, response_headers};
@@ -37,7 +37,7 @@ const MAX_PARTIAL: usize = 64 * 1024;
 
 /// A relayed upstream body.
 pub struct RelayBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     /// Bytes read before the head went out (a stream held until its first content).
     held: VecDeque<Bytes>,
     /// For a server-sent event stream: the end of the last event read, waiting for its

@@ -104,9 +104,10 @@ pub(super) enum Reply {
 pub(super) async fn handle(
     request: Request<Incoming>,
     shared: Arc<Shared>,
+    connection: u64,
 ) -> Result<Response<ResponseBody>, BoxError> {
     let pending = Pending(Some(Arc::clone(&shared)));
-    let answer = answer(request, shared).await;
+    let answer = answer(request, shared, connection).await;
     pending.answered();
     answer
 }
@@ -115,6 +116,7 @@ pub(super) async fn handle(
 async fn answer(
     request: Request<Incoming>,
     shared: Arc<Shared>,
+    connection: u64,
 ) -> Result<Response<ResponseBody>, BoxError> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
@@ -148,6 +150,8 @@ async fn answer(
             })
             .collect(),
         body: body.as_ref().map(|body| body.to_vec()).unwrap_or_default(),
+        version: parts.version,
+        connection,
     });
 
     let Some(body) = body else {

@@ -1241,7 +1241,13 @@ fn a_tls_upstream_is_reached_only_when_its_ca_is_trusted() {
         "{}",
         anthropic_stream.body
     );
-    assert_eq!(upstream.requests().len(), 4);
+    // krouter spoke HTTP/2 to it (ALPN), all four requests over one shared connection.
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 4);
+    for request in &seen {
+        assert_eq!(request.version, hyper::Version::HTTP_2, "{request:?}");
+        assert_eq!(request.connection, seen[0].connection, "{seen:?}");
+    }
     let (status, trusted_log) = krouter.stop();
     assert!(status.success(), "{trusted_log}");
 
@@ -1259,6 +1265,80 @@ fn a_tls_upstream_is_reached_only_when_its_ca_is_trusted() {
         &[plain, stream, anthropic, anthropic_stream, untrusted],
         &[&key, &credential],
     );
+}
+
+#[test]
+fn upstream_connections_are_reused_only_after_a_whole_answer() {
+    let (home, upstream, credential) = openai_setup();
+    let (_, key) = home.create_key("app");
+    let mut text = provider(
+        "mock",
+        "openai-compatible",
+        &upstream.base_url(),
+        Some("mock"),
+        "",
+    );
+    for (model, target) in [
+        ("chat", "mock:real-model"),
+        ("cut", "mock:stream-cut"),
+        ("drop", "mock:drop"),
+    ] {
+        text.push_str(&route(model, &[target]));
+    }
+    home.write_policy(&policy(2, &text));
+    let krouter = Krouter::spawn(&home, &[]);
+    let mut replies = Vec::new();
+    let mut ask = |body: &str, status: u16| {
+        let reply = complete(&krouter, &key, body);
+        assert_eq!(reply.status, status, "{body}: {reply:?}");
+        replies.push(reply);
+        let seen = upstream.requests();
+        seen.last().map(|last| last.connection).unwrap_or_default()
+    };
+    // Whole answers, plain and streamed: one HTTP/1.1 connection, reused.
+    let first = ask(&chat("chat"), 200);
+    assert_eq!(ask(&chat_stream("chat"), 200), first);
+    assert_eq!(ask(&chat("chat"), 200), first);
+    let seen = upstream.requests();
+    assert!(
+        seen.iter().all(|r| r.version == hyper::Version::HTTP_11),
+        "{seen:?}"
+    );
+    let host = format!("127.0.0.1:{}", upstream.port());
+    assert!(
+        seen.iter().all(|r| r.header("host") == Some(host.as_str())),
+        "{seen:?}"
+    );
+    // A stream the upstream cut: its connection is not used again.
+    let cut = ask(&chat_stream("cut"), 200);
+    assert_eq!(cut, first, "the stream went over the idle connection");
+    let after_cut = ask(&chat("chat"), 200);
+    assert!(
+        after_cut > cut,
+        "a cut connection was reused: {after_cut} after {cut}"
+    );
+    // Connections the upstream closed without answering are not used again either.
+    let dropped = ask(&chat("drop"), 502);
+    let after_drop = ask(&chat("chat"), 200);
+    assert!(
+        after_drop > dropped,
+        "a dropped connection was reused: {after_drop} after {dropped}"
+    );
+    // An upstream that restarts closes the idle pooled connection: the next request still
+    // goes through, over a new connection to the new server.
+    let addr = upstream.addr();
+    drop(upstream);
+    let restarted = MockUpstream::builder()
+        .credential(Some(credential.clone()))
+        .listen(addr)
+        .start();
+    let reply = complete(&krouter, &key, &chat("chat"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(restarted.requests().len(), 1);
+    replies.push(reply);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+    assert_nothing_leaked(&home, &log, &replies, &[&key, &credential]);
 }
 
 /// A home routing `evil` to a host the private hosts file maps to the metadata address and
