@@ -6,9 +6,11 @@
 //!
 //! Connections are pooled here rather than by hyper-util's client, which spawned a task
 //! and hashed its pool key byte by byte for every request. An HTTP/1.1 connection goes back
-//! to its pool when its response body has been read to the end ([`UpstreamBody`]); one
-//! whose body was abandoned is closed. An HTTP/2 connection is shared by every request to
-//! its host. Idle connections are closed after 60 to 90 seconds.
+//! to its pool when its response body ends or is dropped ([`UpstreamBody`]), and is handed
+//! out again only once hyper says it is ready for a new request: its last response read
+//! whole (hyper drains a short leftover or closes the connection). An HTTP/2 connection is
+//! shared by every request to its host and pinged while in use. Idle connections are
+//! closed after 60 to 90 seconds.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -23,7 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Parts, Scheme};
 use http::{Request, Response, Uri};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
@@ -47,6 +49,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const IDLE_SWEEPS: u64 = 3;
 /// Idle HTTP/1.1 connections kept per host, at most; more are closed as they come back.
 const MAX_IDLE_PER_HOST: usize = 1024;
+/// How often an HTTP/2 connection with requests open is pinged.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping's answer may take before its connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Times a request is sent again because a pooled connection closed before taking it (an
 /// upstream's keep-alive timeout racing the request); after that a new connection is made.
 const REUSE_RETRIES: usize = 3;
@@ -82,8 +88,8 @@ pub enum TlsSetupError {
     Rustls(#[source] rustls::Error),
 }
 
-/// The response body of an upstream answer. Reading it to the end gives its HTTP/1.1
-/// connection back to the pool; dropping it before the end closes that connection.
+/// The response body of an upstream answer. Its end (or its drop) gives its HTTP/1.1
+/// connection back to the pool; a body that broke takes its connection with it.
 pub struct UpstreamBody {
     inner: Incoming,
     /// Boxed: the pipeline moves this body around by value.
@@ -186,8 +192,13 @@ impl Upstream {
         let pool = self.pools.pool(tls, authority);
         let mut reused_tries = 0;
         loop {
-            let (sender, reused) = match pool.take() {
-                Some(sender) if reused_tries < REUSE_RETRIES => (sender, true),
+            let pooled = if reused_tries < REUSE_RETRIES {
+                pool.take()
+            } else {
+                None
+            };
+            let (sender, reused) = match pooled {
+                Some(sender) => (sender, true),
                 // Boxed: a connect's future is large, and the pipeline's future, which
                 // hyper moves per request, would otherwise hold it inline.
                 _ => match tokio::time::timeout(connect, Box::pin(self.open(&pool))).await {
@@ -244,6 +255,10 @@ impl Upstream {
         if io.connected().is_negotiated_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // A connection that dies silently (no reset) is found out while requests
+                // use it, rather than after the kernel's retransmissions give up.
+                .keep_alive_interval(H2_PING_EVERY)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .handshake(io)
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;
@@ -517,12 +532,13 @@ impl http_body::Body for UpstreamBody {
 }
 
 impl Drop for UpstreamBody {
+    /// Gives the connection back even if its answer was not read to the end (an error
+    /// answer krouter does not relay): hyper then drains what is left of the body if it has
+    /// already arrived, or closes the connection. [`Pool::take`] only hands out a
+    /// connection hyper says is ready for a new request, which it is only once the last
+    /// response has been read off it whole; until then it waits in the pool.
     fn drop(&mut self) {
-        // Read to the end without being polled past it (a reader that trusts
-        // `is_end_stream`): the connection is free.
-        if self.inner.is_end_stream() {
-            self.give_back();
-        }
+        self.give_back();
     }
 }
 

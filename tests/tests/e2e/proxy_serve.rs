@@ -1282,6 +1282,7 @@ fn upstream_connections_are_reused_only_after_a_whole_answer() {
         ("chat", "mock:real-model"),
         ("cut", "mock:stream-cut"),
         ("drop", "mock:drop"),
+        ("fail", "mock:fail-500"),
     ] {
         text.push_str(&route(model, &[target]));
     }
@@ -1317,7 +1318,22 @@ fn upstream_connections_are_reused_only_after_a_whole_answer() {
         after_cut > cut,
         "a cut connection was reused: {after_cut} after {cut}"
     );
-    // Connections the upstream closed without answering are not used again either.
+    // An error answer krouter does not relay leaves its body unread: whether hyper drains
+    // it and the connection is used again or closes it, the next answer is the next
+    // request's own, never the rest of the error.
+    ask(&chat("fail"), 502);
+    let after_failed = complete(&krouter, &key, &chat("chat"));
+    assert_eq!(after_failed.status, 200, "{after_failed:?}");
+    assert_eq!(
+        after_failed.json()["object"],
+        "chat.completion",
+        "{after_failed:?}"
+    );
+    assert!(
+        !after_failed.body.contains("UPSTREAM-INTERNAL-DETAIL"),
+        "{after_failed:?}"
+    );
+    // Connections the upstream closed without answering are not used again.
     let dropped = ask(&chat("drop"), 502);
     let after_drop = ask(&chat("chat"), 200);
     assert!(
@@ -1336,6 +1352,7 @@ fn upstream_connections_are_reused_only_after_a_whole_answer() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(restarted.requests().len(), 1);
     replies.push(reply);
+    replies.push(after_failed);
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
     assert_nothing_leaked(&home, &log, &replies, &[&key, &credential]);
