@@ -12,7 +12,7 @@
 //! shared by every request to its host and pinged while in use. Idle connections are
 //! closed after 60 to 90 seconds.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::poll_fn;
 use std::path::Path;
 use std::pin::Pin;
