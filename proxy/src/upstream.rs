@@ -302,8 +302,7 @@ async fn head(
         .map_err(|_| UpstreamFailure::Timeout)
 }
 
-/// Every [`SWEEP_EVERY`], closes the connections idle for [`IDLE_SWEEPS`] sweeps or
-/// closed by their upstream, until the client is gone.
+/// Sweeps the pools every [`SWEEP_EVERY`] ([`Pools::sweep`]) until the client is gone.
 async fn sweep(pools: Weak<Pools>) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -311,28 +310,7 @@ async fn sweep(pools: Weak<Pools>) {
     loop {
         every.tick().await;
         let Some(pools) = pools.upgrade() else { return };
-        let now = pools.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        for hosts in [&pools.hosts, &pools.tls_hosts] {
-            let all: Vec<Arc<Pool>> = hosts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
-            for pool in all {
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let fresh = |since: u64| now.saturating_sub(since) < IDLE_SWEEPS;
-                idle.h1
-                    .retain(|(sender, since)| !sender.is_closed() && fresh(*since));
-                if idle
-                    .h2
-                    .as_ref()
-                    .is_some_and(|(sender, since)| sender.is_closed() || !fresh(*since))
-                {
-                    idle.h2 = None;
-                }
-            }
-        }
+        pools.sweep();
     }
 }
 
@@ -370,6 +348,30 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
 // === impl Pools ===
 
 impl Pools {
+    /// One sweep: closes the connections idle for [`IDLE_SWEEPS`] sweeps or closed by their
+    /// upstream, and forgets hosts with nothing pooled that no request is using (a provider
+    /// a new policy no longer names).
+    fn sweep(&self) {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        let fresh = |since: u64| now.saturating_sub(since) < IDLE_SWEEPS;
+        for hosts in [&self.hosts, &self.tls_hosts] {
+            let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            hosts.retain(|_, pool| {
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.h1
+                    .retain(|(sender, since)| !sender.is_closed() && fresh(*since));
+                if idle
+                    .h2
+                    .as_ref()
+                    .is_some_and(|(sender, since)| sender.is_closed() || !fresh(*since))
+                {
+                    idle.h2 = None;
+                }
+                !idle.h1.is_empty() || idle.h2.is_some() || Arc::strong_count(pool) > 1
+            });
+        }
+    }
+
     /// The pool for `authority` over TLS or not, made on first use.
     fn pool(self: &Arc<Self>, tls: bool, authority: &str) -> Arc<Pool> {
         let hosts = if tls { &self.tls_hosts } else { &self.hosts };
@@ -545,5 +547,111 @@ impl Drop for UpstreamBody {
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1.1 sender over an in-memory pipe, its connection running, ready; and the
+    /// upstream's end of the pipe, which closes the connection when dropped.
+    async fn sender() -> (http1::SendRequest<Full<Bytes>>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut sender, connection) = http1::handshake(hyper_util::rt::TokioIo::new(ours))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender.ready().await.unwrap();
+        (sender, theirs)
+    }
+
+    fn idle_count(pools: &Pools, authority: &str) -> Option<usize> {
+        let hosts = pools.hosts.lock().unwrap();
+        let pool = hosts.get(authority)?;
+        Some(pool.idle.lock().unwrap().h1.len())
+    }
+
+    #[tokio::test]
+    async fn a_connection_put_back_is_taken_again_and_swept_when_idle_too_long() {
+        let pools = Arc::new(Pools::default());
+        let pool = pools.pool(false, "upstream.test:80");
+        assert!(pool.take().is_none(), "an empty pool");
+        let (first, _first_upstream) = sender().await;
+        pool.put(first);
+        assert!(
+            matches!(pool.take(), Some(Sender::H1(_))),
+            "the connection put back"
+        );
+        assert!(pool.take().is_none(), "taken once");
+
+        let (second, _second_upstream) = sender().await;
+        pool.put(second);
+        for _ in 1..IDLE_SWEEPS {
+            pools.sweep();
+        }
+        assert_eq!(
+            idle_count(&pools, "upstream.test:80"),
+            Some(1),
+            "idle, not yet too long"
+        );
+        pools.sweep();
+        assert_eq!(
+            idle_count(&pools, "upstream.test:80"),
+            Some(0),
+            "idle too long: closed"
+        );
+
+        drop(pool);
+        pools.sweep();
+        assert_eq!(
+            idle_count(&pools, "upstream.test:80"),
+            None,
+            "an unused host is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_never_handed_out() {
+        let pools = Arc::new(Pools::default());
+        let pool = pools.pool(false, "upstream.test:80");
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut closing, connection) = http1::handshake(hyper_util::rt::TokioIo::new(ours))
+            .await
+            .unwrap();
+        // Awaited below: the connection ends when the upstream hangs up.
+        let task = tokio::spawn(connection);
+        closing.ready().await.unwrap();
+        pool.put(closing);
+        // The upstream hangs up: the connection task ends and the sender reports closed.
+        drop(theirs);
+        let _ = task.await;
+        assert!(pool.take().is_none());
+        assert_eq!(idle_count(&pools, "upstream.test:80"), Some(0));
+    }
+
+    #[test]
+    fn requests_take_the_form_each_protocol_sends() {
+        let pool = Pool {
+            tls: true,
+            authority: "api.example.test:8443".into(),
+            idle: Mutex::default(),
+            sweeps: Arc::default(),
+        };
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = "https://api.example.test:8443/v1/chat?beta=true"
+            .parse()
+            .unwrap();
+        pool.http1_form(&mut request).unwrap();
+        assert_eq!(request.uri(), "/v1/chat?beta=true");
+        assert_eq!(request.headers()[header::HOST], "api.example.test:8443");
+        // Handed back unsent and retried over HTTP/2: absolute again, without `Host`.
+        pool.http2_form(&mut request).unwrap();
+        assert_eq!(
+            request.uri(),
+            "https://api.example.test:8443/v1/chat?beta=true"
+        );
+        assert!(request.headers().get(header::HOST).is_none());
+        assert_eq!(pool.root().unwrap(), "https://api.example.test:8443/");
     }
 }
