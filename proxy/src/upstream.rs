@@ -630,6 +630,44 @@ mod tests {
         assert_eq!(idle_count(&pools, "upstream.test:80"), Some(0));
     }
 
+    #[tokio::test]
+    async fn a_request_a_pooled_connection_closed_before_taking_is_sent_on_another() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let upstream = Upstream::new(None).unwrap();
+        let pool = upstream.pools.pool(false, "upstream.test:80");
+        // The older connection answers; the newer one, taken first, has been closed by its
+        // upstream (a keep-alive timeout) just before the request comes.
+        let (alive, mut server) = sender().await;
+        pool.put(alive);
+        let (closed, hung_up) = sender().await;
+        pool.put(closed);
+        drop(hung_up);
+        let answer = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request never came");
+                head.extend_from_slice(&buf[..n]);
+            }
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = "http://upstream.test:80/v1/models".parse().unwrap();
+        let response = upstream
+            .send(request, Duration::from_secs(5), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let head = answer.await.unwrap();
+        assert!(head.starts_with("GET /v1/models HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("host: upstream.test:80\r\n"), "{head}");
+    }
+
     #[test]
     fn requests_take_the_form_each_protocol_sends() {
         let pool = Pool {
