@@ -458,19 +458,16 @@ impl Pool {
             }
             idle.h2 = None;
         }
-        let mut finishing = 0;
-        while idle.h1.len() > finishing {
-            let newest = idle.h1.len() - 1 - finishing;
-            let Some((sender, _)) = idle.h1.get(newest) else {
-                break;
+        // Newest first. A removal swaps in the last entry, which was already looked at.
+        for at in (0..idle.h1.len()).rev() {
+            let Some((sender, _)) = idle.h1.get(at) else {
+                continue;
             };
             if sender.is_ready() {
-                return Some(Sender::H1(idle.h1.swap_remove(newest).0));
+                return Some(Sender::H1(idle.h1.swap_remove(at).0));
             }
             if sender.is_closed() {
-                idle.h1.swap_remove(newest);
-            } else {
-                finishing += 1;
+                idle.h1.swap_remove(at);
             }
         }
         None
