@@ -116,6 +116,10 @@ struct Pool {
     tls: bool,
     /// `host:port` as the provider's URL has it.
     authority: Box<str>,
+    /// The `Host` header of its HTTP/1.1 requests, made once: the authority without user
+    /// information (which the policy refuses in a URL anyway); `None` if that is not a
+    /// valid header value, which fails every request as a connect error.
+    host: Option<HeaderValue>,
     idle: Mutex<Idle>,
     /// [`Pools::sweeps`].
     sweeps: Arc<AtomicU64>,
@@ -379,12 +383,7 @@ impl Pools {
         if let Some(pool) = hosts.get(authority) {
             return Arc::clone(pool);
         }
-        let pool = Arc::new(Pool {
-            tls,
-            authority: authority.into(),
-            idle: Mutex::default(),
-            sweeps: Arc::clone(&self.sweeps),
-        });
+        let pool = Arc::new(Pool::new(tls, authority, Arc::clone(&self.sweeps)));
         hosts.insert(authority.into(), Arc::clone(&pool));
         pool
     }
@@ -393,6 +392,17 @@ impl Pools {
 // === impl Pool ===
 
 impl Pool {
+    fn new(tls: bool, authority: &str, sweeps: Arc<AtomicU64>) -> Self {
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        Self {
+            tls,
+            authority: authority.into(),
+            host: HeaderValue::from_str(host).ok(),
+            idle: Mutex::default(),
+            sweeps,
+        }
+    }
+
     /// `scheme://authority/`: what the connector is asked to connect to.
     fn root(&self) -> Result<Uri, UpstreamFailure> {
         Uri::builder()
@@ -417,9 +427,7 @@ impl Pool {
         if request.uri().scheme().is_none() {
             return Ok(());
         }
-        // Never user information in the header (the policy refuses it in a URL anyway).
-        let host = self.authority.rsplit('@').next().unwrap_or(&self.authority);
-        let host = HeaderValue::from_str(host).map_err(|_| UpstreamFailure::Connect)?;
+        let host = self.host.clone().ok_or(UpstreamFailure::Connect)?;
         let mut parts = Parts::default();
         parts.path_and_query = request.uri().path_and_query().cloned();
         *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Connect)?;
@@ -667,12 +675,7 @@ mod tests {
 
     #[test]
     fn requests_take_the_form_each_protocol_sends() {
-        let pool = Pool {
-            tls: true,
-            authority: "api.example.test:8443".into(),
-            idle: Mutex::default(),
-            sweeps: Arc::default(),
-        };
+        let pool = Pool::new(true, "api.example.test:8443", Arc::default());
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.uri_mut() = "https://api.example.test:8443/v1/chat?beta=true"
             .parse()

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -25,6 +24,7 @@ use crate::dialect::{Progress, UsageScanner, anthropic};
 use crate::error::{Reject, UpstreamFailure};
 use crate::health::Outcome;
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamBody;
 
 /// Client request headers that go upstream; everything else stays behind.
 pub static REQUEST_HEADERS: [HeaderName; 6] = [

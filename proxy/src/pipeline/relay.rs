@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
@@ -27,6 +26,7 @@ use crate::body::{Body, BodyError};
 use crate::ctx::RequestCtx;
 use crate::dialect::{ErrorKind, UsageScanner};
 use crate::respond;
+use crate::upstream::UpstreamBody;
 
 /// What runs when the response has ended.
 pub type OnEnd = Box<dyn FnOnce(&RequestCtx) + Send + Sync>;
