@@ -184,11 +184,24 @@ impl Taken {
         Ok(message)
     }
 
+    /// Messages sent and not yet taken.
+    fn waiting(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     fn try_recv(&self) -> Option<Message> {
         let message = self.rows.try_recv().ok()?;
         self.pending.fetch_sub(1, Ordering::Relaxed);
         Some(message)
     }
+}
+
+/// How long the writer lets rows gather before its next transaction, with `waiting` rows
+/// already queued: a window, unless a whole batch is already there (a proxy sending rows
+/// faster than a batch per window would otherwise outrun a writer that always waits, and
+/// fill the queue) or the writer is stopping.
+fn gather_for(waiting: usize, stopping: bool) -> Option<Duration> {
+    (!stopping && waiting < BATCH).then_some(WINDOW)
 }
 
 fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicBool) {
@@ -201,8 +214,8 @@ fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicB
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         };
-        if !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(WINDOW);
+        if let Some(window) = gather_for(rows.waiting(), stop.load(Ordering::Relaxed)) {
+            std::thread::sleep(window);
         }
         let mut batch = Vec::new();
         let mut auth = Vec::new();
@@ -293,6 +306,17 @@ mod tests {
             dropped: Arc::new(AtomicU64::new(0)),
         };
         (recorder, rows)
+    }
+
+    #[test]
+    fn the_writer_waits_for_rows_to_gather_only_when_less_than_a_batch_is_queued() {
+        assert_eq!(gather_for(1, false), Some(WINDOW));
+        assert_eq!(gather_for(BATCH - 1, false), Some(WINDOW));
+        // A backlog is written at once: waiting a window per batch caps the writer at
+        // BATCH rows per window, below what one busy core of proxy sends.
+        assert_eq!(gather_for(BATCH, false), None);
+        assert_eq!(gather_for(QUEUE, false), None);
+        assert_eq!(gather_for(1, true), None);
     }
 
     #[test]
