@@ -31,6 +31,7 @@ use crate::pipeline::{self, Shared};
 use crate::respond;
 
 mod conn;
+mod socket;
 
 use conn::{Active, Expiry, Watch, Watched};
 
@@ -223,8 +224,9 @@ async fn serve_connection(
         Sniffed::Unsure => &protocols.either,
     };
     let max_head = usize::try_from(limits.max_header_bytes()).unwrap_or(usize::MAX);
+    let (socket, mut hangup) = socket::share(stream, &watch);
     let io = TokioIo::new(Watched::new(
-        stream,
+        socket,
         peer.ip(),
         Arc::clone(&watch),
         max_head,
@@ -263,6 +265,10 @@ async fn serve_connection(
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
+                return;
+            }
+            () = std::future::poll_fn(|cx| hangup.poll(cx)) => {
+                tracing::debug!("the client closed the connection with a request in flight");
                 return;
             }
             () = changed.as_mut(), if !closing => {
@@ -320,6 +326,9 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // Lowercase header names and the date header (hyper's defaults) are what the socket
         // recognises hyper's bare answers by (conn.rs, `Bare::find`): keep both.
         .title_case_headers(false)
+        // The listener looks for a client that hangs up mid-request itself (`socket`):
+        // hyper's look costs a fresh read buffer per request.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()

@@ -105,6 +105,22 @@ impl Krouter {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// The CPU time (user and system) the process has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 14th and 15th fields, in clock ticks (100 per second).
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let field = |n: usize| -> u64 {
+            rest.split(' ')
+                .nth(n - 3)
+                .and_then(|f| f.parse().ok())
+                .expect("stat field")
+        };
+        Duration::from_millis((field(14) + field(15)) * 10)
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use krouter_policy::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -42,6 +41,8 @@ use crate::ctx::RequestId;
 use crate::dialect::{Dialect, ErrorKind};
 use crate::logging::IpText;
 use crate::pipeline::accept::RawHead;
+
+use super::socket::Socket;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -114,6 +115,8 @@ pub(crate) struct Watch {
     write_blocked_since: AtomicU64,
     /// Counts the times the connection went idle; a captured head belongs to one of them.
     epoch: AtomicU64,
+    /// Counts hyper's reads of the socket, for the hang-up watch (`socket::Hangup`).
+    reads: AtomicU64,
     /// When the listener's timer fires, in milliseconds from `start`; `UNSET` while the
     /// listener is setting it, so that every change in the meantime wakes it.
     armed: AtomicU64,
@@ -131,7 +134,7 @@ pub(crate) struct Watch {
 /// The socket of one connection, keeping its [`Watch`] up to date (generic only so that
 /// tests can drive it with a socket of their own).
 #[derive(Debug)]
-pub(crate) struct Watched<S = TcpStream> {
+pub(crate) struct Watched<S = Socket> {
     inner: S,
     watch: Arc<Watch>,
     capture: Capture,
@@ -216,6 +219,7 @@ impl Watch {
             head_since: AtomicU64::new(UNSET),
             write_blocked_since: AtomicU64::new(UNSET),
             epoch: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             armed: AtomicU64::new(UNSET),
             head_ms: ms(head),
             idle_ms: ms(idle),
@@ -293,6 +297,14 @@ impl Watch {
             }
         }
         next
+    }
+
+    /// hyper's read count while an HTTP/1.x request is in flight, when the listener
+    /// watches for the client hanging up (hyper does not: it is told to allow half-closed
+    /// connections, see `socket`); `None` otherwise.
+    pub(crate) fn hangup_reads(&self) -> Option<u64> {
+        (self.in_flight.load(Ordering::Acquire) != 0 && self.protocol() == Protocol::Http1)
+            .then(|| self.reads.load(Ordering::Acquire))
     }
 
     /// Whether the connection speaks HTTP/2.
@@ -475,6 +487,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if poll.is_ready() {
+            // Only this socket writes the count: no read-modify-write needed.
+            let reads = &this.watch.reads;
+            reads.store(
+                reads.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Release,
+            );
+        }
         if let Poll::Ready(Ok(())) = poll
             && let Some(new) = buf.filled().get(before..)
             && !new.is_empty()

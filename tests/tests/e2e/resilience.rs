@@ -51,6 +51,23 @@ fn seen(upstream: &MockUpstream, model: &str) -> usize {
         .count()
 }
 
+/// One mock, provider `a` on it, route `chat` to `a:TARGET_MODEL`, and a key: the
+/// client-disconnect cases, which talk raw HTTP/1.1 to krouter.
+fn one_upstream(target_model: &str) -> (TempHome, MockUpstream, String) {
+    let home = TempHome::init();
+    let a = MockUpstream::start();
+    home.write_policy(&policy(
+        2,
+        &[
+            provider("a", "openai-compatible", &a.base_url(), None, ""),
+            route("chat", &[&format!("a:{target_model}")]),
+        ]
+        .concat(),
+    ));
+    let (_, key) = home.create_key("app");
+    (home, a, key)
+}
+
 /// Two mocks, providers `a` and `b` on them, the routes given, [`FAST`] resilience.
 fn two_upstreams(routes: &[(&str, &[&str])]) -> (TempHome, MockUpstream, MockUpstream, String) {
     let home = TempHome::init();
@@ -412,17 +429,7 @@ fn streams_without_content_fall_back_and_a_failure_after_content_ends_with_an_er
 
 #[test]
 fn a_client_that_goes_away_cancels_its_upstream_request() {
-    let home = TempHome::init();
-    let a = MockUpstream::start();
-    home.write_policy(&policy(
-        2,
-        &[
-            provider("a", "openai-compatible", &a.base_url(), None, ""),
-            route("chat", &["a:stall-after-content"]),
-        ]
-        .concat(),
-    ));
-    let (_, key) = home.create_key("app");
+    let (home, a, key) = one_upstream("stall-after-content");
     let krouter = Krouter::spawn(&home, &[]);
     let addr = krouter.url("").trim_start_matches("http://").to_owned();
     let body = chat_stream("chat");
@@ -454,6 +461,103 @@ fn a_client_that_goes_away_cancels_its_upstream_request() {
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("the client closed the connection"), "{log}");
+}
+
+/// An HTTP/1.1 request to `path` on `addr` with bearer `key` and `body`, as raw bytes.
+fn raw_post(path: &str, key: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: k\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn a_client_that_goes_away_before_the_answer_cancels_its_upstream_request() {
+    // hyper is told not to look for the hang-up while a request is served (it would take a
+    // fresh read buffer per request); krouter's listener looks instead.
+    let (home, a, key) = one_upstream("hang");
+    let krouter = Krouter::spawn(&home, &[]);
+    let addr = krouter.addr;
+    for (case, body) in [
+        ("whole body", chat("chat")),
+        ("body in two parts", chat("chat")),
+    ] {
+        let before = a.cancelled();
+        let asked = a.requests().len();
+        let mut socket = TcpStream::connect(addr).unwrap();
+        let request = raw_post("/v1/chat/completions", &key, &body);
+        if case == "whole body" {
+            socket.write_all(request.as_bytes()).unwrap();
+        } else {
+            // The head and half the body, then the rest: hyper reads twice.
+            let split = request.len() - body.len() / 2;
+            socket.write_all(&request.as_bytes()[..split]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            socket.write_all(&request.as_bytes()[split..]).unwrap();
+        }
+        let waited = Instant::now();
+        while a.requests().len() == asked {
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "{case}: never forwarded"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(a.cancelled(), before, "{case}");
+        drop(socket);
+        assert!(
+            a.wait_cancelled(before + 1, Duration::from_secs(2)),
+            "{case}: the upstream request was not cancelled"
+        );
+    }
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_turn_without_busy_waiting() {
+    // The second request waits in the socket while the first is served: the hang-up watch
+    // sees bytes, not an end, and must neither close the connection nor spin on them.
+    let (home, a, key) = one_upstream("slow-400");
+    let krouter = Krouter::spawn(&home, &[]);
+    let mut socket = TcpStream::connect(krouter.addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = raw_post("/v1/chat/completions", &key, &chat("chat"));
+    let cpu = krouter.cpu_time();
+    // Two at once (the second waits in hyper's buffer), then a third while they are served
+    // (it waits in the socket, where the watch peeks at it).
+    socket
+        .write_all(format!("{request}{request}").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200 OK")
+        .count()
+        < 3
+        || !got.ends_with(b"}")
+    {
+        let n = socket
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&got)));
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // About 1.2 s of waiting on the upstream; a watch that spun would burn most of it.
+    let used = krouter.cpu_time() - cpu;
+    assert!(
+        used < Duration::from_millis(300),
+        "krouter used {used:?} of CPU"
+    );
+    assert_eq!(a.cancelled(), 0);
+    let (status, log) = krouter.stop();
+    assert!(status.success(), "{log}");
 }
 
 #[test]
