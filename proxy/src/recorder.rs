@@ -24,6 +24,10 @@ const BATCH: usize = 2048;
 /// How long the writer lets rows gather after the first one wakes it: a busy proxy costs
 /// one wake-up and one transaction per window, not one per request.
 const WINDOW: Duration = Duration::from_millis(50);
+/// The writer sleeps this long at a time while rows gather, and stops gathering once a whole
+/// batch is queued: waiting out the whole window with a batch already there would let a
+/// proxy that sends rows faster than a batch per window fill the queue.
+const GATHER_STEP: Duration = Duration::from_millis(10);
 /// How often rows older than the policy's retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -196,12 +200,11 @@ impl Taken {
     }
 }
 
-/// How long the writer lets rows gather before its next transaction, with `waiting` rows
-/// already queued: a window, unless a whole batch is already there (a proxy sending rows
-/// faster than a batch per window would otherwise outrun a writer that always waits, and
-/// fill the queue) or the writer is stopping.
-fn gather_for(waiting: usize, stopping: bool) -> Option<Duration> {
-    (!stopping && waiting < BATCH).then_some(WINDOW)
+/// Whether the writer goes on letting rows gather for its next transaction, `waiting` rows
+/// being queued and `elapsed` gone since the first was taken: for up to a window, unless a
+/// whole batch is there or the writer is stopping.
+fn keep_gathering(waiting: usize, stopping: bool, elapsed: Duration) -> bool {
+    !stopping && waiting < BATCH && elapsed < WINDOW
 }
 
 fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicBool) {
@@ -214,8 +217,13 @@ fn write_loop(mut db: StateDb, rows: &Taken, dropped: &AtomicU64, stop: &AtomicB
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(window) = gather_for(rows.waiting(), stop.load(Ordering::Relaxed)) {
-            std::thread::sleep(window);
+        let gathering = Instant::now();
+        while keep_gathering(
+            rows.waiting(),
+            stop.load(Ordering::Relaxed),
+            gathering.elapsed(),
+        ) {
+            std::thread::sleep(GATHER_STEP);
         }
         let mut batch = Vec::new();
         let mut auth = Vec::new();
@@ -309,14 +317,16 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_waits_for_rows_to_gather_only_when_less_than_a_batch_is_queued() {
-        assert_eq!(gather_for(1, false), Some(WINDOW));
-        assert_eq!(gather_for(BATCH - 1, false), Some(WINDOW));
-        // A backlog is written at once: waiting a window per batch caps the writer at
-        // BATCH rows per window, below what one busy core of proxy sends.
-        assert_eq!(gather_for(BATCH, false), None);
-        assert_eq!(gather_for(QUEUE, false), None);
-        assert_eq!(gather_for(1, true), None);
+    fn the_writer_lets_rows_gather_for_a_window_or_until_a_batch_is_queued() {
+        let early = GATHER_STEP;
+        assert!(keep_gathering(1, false, Duration::ZERO));
+        assert!(keep_gathering(BATCH - 1, false, early));
+        assert!(!keep_gathering(1, false, WINDOW));
+        // A batch is written as soon as it is there: waiting out a window per batch capped
+        // the writer at a batch per window, below what one busy core of proxy sends.
+        assert!(!keep_gathering(BATCH, false, early));
+        assert!(!keep_gathering(QUEUE, false, Duration::ZERO));
+        assert!(!keep_gathering(1, true, Duration::ZERO));
     }
 
     #[test]
