@@ -267,6 +267,7 @@ async fn serve_connection(
                 }
                 return;
             }
+            // After the connection, always: the watch relies on this order (Hangup::poll).
             () = std::future::poll_fn(|cx| hangup.poll(cx)) => {
                 tracing::debug!("the client closed the connection with a request in flight");
                 return;

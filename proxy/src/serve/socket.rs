@@ -18,17 +18,14 @@ use std::task::{Context, Poll, ready};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::conn::Watch;
 
-/// hyper's side of a client socket: tokio's own reads and writes, on a shared stream.
+/// hyper's side of a client socket: reads and writes as tokio's own `TcpStream` does them,
+/// on a shared stream.
 #[derive(Debug)]
 pub(crate) struct Socket {
     stream: Arc<TcpStream>,
-    /// Whether a short read may clear the socket's readiness ([`Socket::poll_read`]): only on
-    /// a current-thread runtime (krouter's), where the I/O driver cannot run in between.
-    clear_short: bool,
 }
 
 /// The listener's side of a client socket: completes when the client hangs up while an
@@ -51,18 +48,53 @@ pub(crate) fn share(stream: TcpStream, watch: &Arc<Watch>) -> (Socket, Hangup) {
         watch: Arc::clone(watch),
         waiting: None,
     };
-    let clear_short = Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread);
-    (
-        Socket {
-            stream,
-            clear_short,
-        },
-        hangup,
-    )
+    (Socket { stream }, hangup)
 }
 
 // === impl Socket ===
+
+impl Socket {
+    /// Runs `io` once the socket is ready for `interest`, again while it finds it was not.
+    /// `io` returns how many bytes it moved of the `len` offered. A transfer short of `len`
+    /// means the socket's buffer is drained (read) or full (write): its readiness is then
+    /// cleared, as tokio's own `TcpStream` does, so that the next look (the hang-up watch's,
+    /// or hyper's next read or write) waits for the socket rather than making a system call
+    /// that finds nothing. The clearing uses the readiness seen before `io` ran, so an event
+    /// that arrived meanwhile, on another thread of a multi-thread runtime, is kept.
+    fn poll_io(
+        &self,
+        cx: &mut Context<'_>,
+        interest: Interest,
+        len: usize,
+        mut io: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let stream = &*self.stream;
+        loop {
+            let ready = if interest.is_readable() {
+                stream.poll_read_ready(cx)
+            } else {
+                stream.poll_write_ready(cx)
+            };
+            ready!(ready)?;
+            let mut short = None;
+            let result = stream.try_io(interest, || {
+                let n = io(stream)?;
+                if 0 < n && n < len {
+                    // `try_io` clears the readiness it saw before `io` on `WouldBlock`.
+                    short = Some(n);
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
+                }
+                Ok(n)
+            });
+            match (result, short) {
+                (_, Some(n)) => return Poll::Ready(Ok(n)),
+                // The readiness was stale; it is cleared.
+                (Err(error), None) if error.kind() == io::ErrorKind::WouldBlock => {}
+                (result, None) => return Poll::Ready(result),
+            }
+        }
+    }
+}
 
 impl AsyncRead for Socket {
     fn poll_read(
@@ -70,47 +102,11 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let stream = &*self.stream;
-        loop {
-            ready!(stream.poll_read_ready(cx))?;
-            let room = buf.remaining();
-            match stream.try_read_buf(buf) {
-                Ok(n) => {
-                    if self.clear_short && 0 < n && n < room {
-                        // A read that did not fill the buffer emptied the socket, as tokio's
-                        // own read assumes: without this the hang-up watch's next look would
-                        // be a system call that finds nothing. On a current-thread runtime
-                        // the I/O driver cannot note new bytes between the read above and
-                        // this, so no readiness is lost.
-                        let _ = stream.try_io(Interest::READABLE, || {
-                            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                        });
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                // The readiness was stale; `try_read_buf` has cleared it.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
-    }
-}
-
-impl Socket {
-    /// Runs `write` once the socket is writable, again while it finds it was not.
-    fn poll_write_with(
-        &self,
-        cx: &mut Context<'_>,
-        write: impl Fn(&TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match write(&self.stream) {
-                // The readiness was stale; the failed write has cleared it.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-        }
+        let len = buf.remaining();
+        self.poll_io(cx, Interest::READABLE, len, |stream| {
+            stream.try_read_buf(buf)
+        })
+        .map_ok(|_| ())
     }
 }
 
@@ -120,7 +116,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |stream| stream.try_write(buf))
+        self.poll_io(cx, Interest::WRITABLE, buf.len(), |stream| {
+            stream.try_write(buf)
+        })
     }
 
     fn poll_write_vectored(
@@ -128,7 +126,10 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |stream| stream.try_write_vectored(bufs))
+        let len = bufs.iter().map(|buf| buf.len()).sum();
+        self.poll_io(cx, Interest::WRITABLE, len, |stream| {
+            stream.try_write_vectored(bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -148,9 +149,11 @@ impl AsyncWrite for Socket {
 
 impl Hangup {
     /// Ready when the client has closed its side of the connection (or reset it) while an
-    /// HTTP/1.1 request is in flight; pending otherwise, woken by the socket when bytes or
-    /// its end arrive. Polled after hyper's connection in the same task, so it sees a
-    /// request as soon as hyper has dispatched it.
+    /// HTTP/1.1 request is in flight; pending otherwise. It must be polled in the same task
+    /// as hyper's connection and after it on every turn: it registers for a wake-up only
+    /// while it waits on an empty socket, and relies on that order to see a request as
+    /// soon as hyper has dispatched it (none is registered while no request is in flight)
+    /// and to look again after hyper has read bytes it found waiting.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(reads) = self.watch.hangup_reads() else {
             return Poll::Pending;
