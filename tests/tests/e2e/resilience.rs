@@ -68,6 +68,15 @@ fn one_upstream(target_model: &str) -> (TempHome, MockUpstream, String) {
     (home, a, key)
 }
 
+/// An HTTP/1.1 request to `path` with bearer `key` and `body`, as raw bytes.
+fn raw_post(path: &str, key: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: k\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Two mocks, providers `a` and `b` on them, the routes given, [`FAST`] resilience.
 fn two_upstreams(routes: &[(&str, &[&str])]) -> (TempHome, MockUpstream, MockUpstream, String) {
     let home = TempHome::init();
@@ -431,16 +440,9 @@ fn streams_without_content_fall_back_and_a_failure_after_content_ends_with_an_er
 fn a_client_that_goes_away_cancels_its_upstream_request() {
     let (home, a, key) = one_upstream("stall-after-content");
     let krouter = Krouter::spawn(&home, &[]);
-    let addr = krouter.url("").trim_start_matches("http://").to_owned();
-    let body = chat_stream("chat");
-    let mut socket = TcpStream::connect(&addr).unwrap();
-    write!(
-        socket,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: k\r\nauthorization: Bearer {key}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut socket = TcpStream::connect(krouter.addr).unwrap();
+    let request = raw_post("/v1/chat/completions", &key, &chat_stream("chat"));
+    socket.write_all(request.as_bytes()).unwrap();
     // Read until the first content event has come through, then hang up.
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -463,31 +465,19 @@ fn a_client_that_goes_away_cancels_its_upstream_request() {
     assert!(log.contains("the client closed the connection"), "{log}");
 }
 
-/// An HTTP/1.1 request to `path` on `addr` with bearer `key` and `body`, as raw bytes.
-fn raw_post(path: &str, key: &str, body: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: k\r\nauthorization: Bearer {key}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 #[test]
 fn a_client_that_goes_away_before_the_answer_cancels_its_upstream_request() {
     // hyper is told not to look for the hang-up while a request is served (it would take a
     // fresh read buffer per request); krouter's listener looks instead.
     let (home, a, key) = one_upstream("hang");
     let krouter = Krouter::spawn(&home, &[]);
-    let addr = krouter.addr;
-    for (case, body) in [
-        ("whole body", chat("chat")),
-        ("body in two parts", chat("chat")),
-    ] {
+    let body = chat("chat");
+    let request = raw_post("/v1/chat/completions", &key, &body);
+    for (case, in_two_parts) in [("whole body", false), ("body in two parts", true)] {
         let before = a.cancelled();
         let asked = a.requests().len();
-        let mut socket = TcpStream::connect(addr).unwrap();
-        let request = raw_post("/v1/chat/completions", &key, &body);
-        if case == "whole body" {
+        let mut socket = TcpStream::connect(krouter.addr).unwrap();
+        if !in_two_parts {
             socket.write_all(request.as_bytes()).unwrap();
         } else {
             // The head and half the body, then the rest: hyper reads twice.
