@@ -5,10 +5,15 @@
 //! Lines gather in memory and a writer thread sends them to standard error every
 //! [`FLUSH_EVERY`] (sooner when [`BUFFER_LIMIT`] fills), so a busy proxy makes one `write`
 //! per batch instead of one per request. [`LogGuard`] writes what is left when dropped.
+//!
+//! The per-request line ([`request`]) is the one line every request writes. In the JSON
+//! format it is written straight into that buffer, the same bytes `tracing`'s path writes
+//! for it, without a field visitor's dynamic call per field; in the pretty format (and
+//! before [`init`]) it goes through `tracing` like every other line.
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::net::IpAddr;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,6 +49,99 @@ struct State {
     closed: bool,
 }
 
+/// Where [`request`] writes JSON lines itself; set by [`init`] when the JSON format is
+/// installed.
+static DIRECT: OnceLock<Direct> = OnceLock::new();
+
+/// The sink the installed JSON subscriber writes to.
+enum Direct {
+    /// The writer thread's buffer.
+    Batch(Arc<Batch>),
+    /// Standard error, when the writer thread could not start.
+    Stderr,
+}
+
+/// The fields of the per-request line, in the order the line has them. Every field is
+/// metadata; no body or key material has a place here.
+pub struct RequestLine<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The client's address.
+    pub client: IpAddr,
+    /// The endpoint's name, or `-`.
+    pub endpoint: &'a str,
+    /// The API key's id.
+    pub key_id: Option<&'a str>,
+    /// The key's group.
+    pub group: Option<&'a str>,
+    /// The model the client named.
+    pub model: Option<&'a str>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The provider that answered (or was tried last).
+    pub provider: Option<&'a str>,
+    /// The provider's name for the model.
+    pub upstream_model: Option<&'a str>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// The status the client got.
+    pub status: u16,
+    /// Time from request to the response's end.
+    pub latency_ms: u64,
+    /// Time to the response's first byte.
+    pub ttfb_ms: Option<u64>,
+    /// Input tokens.
+    pub tokens_in: Option<u64>,
+    /// Output tokens.
+    pub tokens_out: Option<u64>,
+    /// Why the request was refused, as the client was told.
+    pub rejected: Option<&'a str>,
+    /// Whose fault a refusal was.
+    pub origin: Option<&'static str>,
+    /// Why a response ended early.
+    pub cut_short: Option<&'static str>,
+}
+
+/// Logs the per-request line at INFO (see the module's doc).
+pub fn request(line: &RequestLine<'_>) {
+    match DIRECT.get() {
+        Some(direct) => {
+            let mut text = String::with_capacity(LINE_CAPACITY);
+            json::request_line(&mut text, line);
+            let bytes = text.as_bytes();
+            // Nowhere to report a failed write to standard error.
+            let _ = match direct {
+                Direct::Batch(batch) => Append(batch).write_all(bytes),
+                Direct::Stderr => io::stderr().lock().write_all(bytes),
+            };
+        }
+        None => tracing::info!(
+            request_id = line.request_id,
+            client = IpText::new(line.client).as_str(),
+            endpoint = line.endpoint,
+            key_id = line.key_id,
+            group = line.group,
+            model = line.model,
+            stream = line.stream,
+            provider = line.provider,
+            upstream_model = line.upstream_model,
+            attempts = line.attempts,
+            status = line.status,
+            latency_ms = line.latency_ms,
+            ttfb_ms = line.ttfb_ms,
+            tokens_in = line.tokens_in,
+            tokens_out = line.tokens_out,
+            rejected = line.rejected,
+            origin = line.origin,
+            cut_short = line.cut_short,
+            "request"
+        ),
+    }
+}
+
+/// Room reserved for a request line: most fit without growing.
+const LINE_CAPACITY: usize = 512;
+
 /// The `MakeWriter` handed to `tracing_subscriber`.
 #[derive(Clone)]
 struct Batched(Arc<Batch>);
@@ -71,11 +169,17 @@ pub fn init(format: LogFormat) -> LogGuard {
         (LogFormat::Json, Some(writer)) => builder
             .with_writer(writer)
             .event_format(json::JsonLine)
-            .try_init(),
+            .try_init()
+            .map(|()| {
+                let _first = DIRECT.set(Direct::Batch(Arc::clone(&shared)));
+            }),
         (LogFormat::Json, None) => builder
             .with_writer(io::stderr)
             .event_format(json::JsonLine)
-            .try_init(),
+            .try_init()
+            .map(|()| {
+                let _first = DIRECT.set(Direct::Stderr);
+            }),
         (LogFormat::Pretty, Some(writer)) => builder
             .with_writer(writer)
             .with_ansi(io::stderr().is_terminal())

@@ -48,6 +48,65 @@ where
     }
 }
 
+/// Writes the per-request line (and its newline) as [`JsonLine`] writes the event
+/// `tracing::info!` makes of the same fields, `None` fields left out: each field name is
+/// a constant piece here, so no name needs checking or a visitor's call.
+pub(super) fn request_line(out: &mut String, line: &super::RequestLine<'_>) {
+    out.push_str("{\"timestamp\":\"");
+    // Writing to a `String` cannot fail.
+    let _ = write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_micros(SystemTime::now())
+    );
+    out.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
+    text(out, ",\"request_id\":\"", Some(line.request_id));
+    text(
+        out,
+        ",\"client\":\"",
+        Some(super::IpText::new(line.client).as_str()),
+    );
+    text(out, ",\"endpoint\":\"", Some(line.endpoint));
+    text(out, ",\"key_id\":\"", line.key_id);
+    text(out, ",\"group\":\"", line.group);
+    text(out, ",\"model\":\"", line.model);
+    out.push_str(if line.stream {
+        ",\"stream\":true"
+    } else {
+        ",\"stream\":false"
+    });
+    text(out, ",\"provider\":\"", line.provider);
+    text(out, ",\"upstream_model\":\"", line.upstream_model);
+    number(out, ",\"attempts\":", Some(u64::from(line.attempts)));
+    number(out, ",\"status\":", Some(u64::from(line.status)));
+    number(out, ",\"latency_ms\":", Some(line.latency_ms));
+    number(out, ",\"ttfb_ms\":", line.ttfb_ms);
+    number(out, ",\"tokens_in\":", line.tokens_in);
+    number(out, ",\"tokens_out\":", line.tokens_out);
+    text(out, ",\"rejected\":\"", line.rejected);
+    text(out, ",\"origin\":\"", line.origin);
+    text(out, ",\"cut_short\":\"", line.cut_short);
+    out.push_str("}\n");
+}
+
+/// `piece` (`,"name":"`), `value` escaped, and the closing quote; nothing for `None`.
+fn text(out: &mut String, piece: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push_str(piece);
+        // Writing to a `String` cannot fail.
+        let _ = Escaped(&mut *out).write_str(value);
+        out.push('"');
+    }
+}
+
+/// `piece` (`,"name":`) and `value`; nothing for `None`.
+fn number(out: &mut String, piece: &str, value: Option<u64>) {
+    if let Some(value) = value {
+        out.push_str(piece);
+        out.push_str(itoa::Buffer::new().format(value));
+    }
+}
+
 /// Bytes gathered before they go to the line's writer.
 const GATHER: usize = 512;
 
@@ -335,34 +394,98 @@ mod tests {
         assert_eq!(out, format!(",\"name\":{}ab", "x".repeat(GATHER - 10)));
     }
 
-    #[test]
-    fn a_line_is_one_json_object_with_the_fields() {
-        use tracing_subscriber::fmt::MakeWriter;
-
-        #[derive(Clone, Default)]
-        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
         }
-        impl MakeWriter<'_> for Lines {
-            type Writer = Self;
-            fn make_writer(&self) -> Self {
-                self.clone()
-            }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
+    }
+    impl tracing_subscriber::fmt::MakeWriter<'_> for Lines {
+        type Writer = Self;
+        fn make_writer(&self) -> Self {
+            self.clone()
+        }
+    }
 
+    /// The lines `emit` logs through `tracing` with the JSON format.
+    fn logged(emit: impl FnOnce()) -> String {
         let lines = Lines::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(lines.clone())
             .event_format(JsonLine)
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = lines.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    /// `line` with its timestamp's value blanked.
+    fn unstamped(line: &str) -> String {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(humantime::parse_rfc3339(value["timestamp"].as_str().unwrap()).is_ok());
+        let start = line.find("\"timestamp\":\"").unwrap() + 13;
+        let end = start + line[start..].find('"').unwrap();
+        format!("{}{}", &line[..start], &line[end..])
+    }
+
+    #[test]
+    fn the_direct_request_line_is_the_line_tracing_writes() {
+        let full = crate::logging::RequestLine {
+            request_id: "req_0123",
+            client: "2001:db8::1".parse().unwrap(),
+            endpoint: "chat.completions",
+            key_id: Some("kid_abc"),
+            group: Some("team \"a\"\n"),
+            model: Some("gpt-ü\u{1b}[31m"),
+            stream: true,
+            provider: Some("openai"),
+            upstream_model: Some("gpt-4o"),
+            attempts: 2,
+            status: 502,
+            latency_ms: u64::MAX,
+            ttfb_ms: Some(0),
+            tokens_in: Some(11),
+            tokens_out: Some(7),
+            rejected: Some("The upstream failed.\r\n{\"level\":\"ERROR\"}"),
+            origin: Some("upstream"),
+            cut_short: Some("client gone"),
+        };
+        let bare = crate::logging::RequestLine {
+            client: [127, 0, 0, 1].into(),
+            endpoint: "-",
+            key_id: None,
+            group: None,
+            model: None,
+            stream: false,
+            provider: None,
+            upstream_model: None,
+            attempts: 0,
+            ttfb_ms: None,
+            tokens_in: None,
+            tokens_out: None,
+            rejected: None,
+            origin: None,
+            cut_short: None,
+            ..full
+        };
+        for line in [&full, &bare] {
+            // Before `init`, `request` goes through `tracing`.
+            let through_tracing = logged(|| crate::logging::request(line));
+            let mut direct = String::new();
+            request_line(&mut direct, line);
+            assert!(direct.ends_with('\n') && direct.matches('\n').count() == 1);
+            assert_eq!(unstamped(&direct), unstamped(&through_tracing));
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_the_fields() {
+        let text = logged(|| {
             let client: std::net::IpAddr = [127, 0, 0, 1].into();
             tracing::info!(
                 request_id = "abc",
@@ -378,7 +501,6 @@ mod tests {
             );
             tracing::warn!(ratio = f64::NAN, "we\"ird" = "x", "odd");
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();

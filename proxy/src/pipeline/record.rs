@@ -31,27 +31,26 @@ pub fn finish(ctx: &RequestCtx, shared: &Shared, reject: Option<&Reject>) {
     let rejected = reject.map(|r| r.to_string());
     if ctx.loggable() {
         let caller = ctx.caller.as_ref();
-        tracing::info!(
-            request_id = ctx.id.as_str(),
-            client = crate::logging::IpText::new(ctx.client).as_str(),
+        crate::logging::request(&crate::logging::RequestLine {
+            request_id: ctx.id.as_str(),
+            client: ctx.client,
             endpoint,
-            key_id = caller.and_then(|c| c.key_id.as_deref()),
-            group = caller.and_then(|c| c.group.as_deref()),
-            model = ctx.model.as_deref(),
-            stream = ctx.stream,
-            provider = ctx.provider.as_deref(),
-            upstream_model = ctx.upstream_model.as_deref(),
-            attempts = ctx.attempts,
-            status = ctx.status,
+            key_id: caller.and_then(|c| c.key_id.as_deref()),
+            group: caller.and_then(|c| c.group.as_deref()),
+            model: ctx.model.as_deref(),
+            stream: ctx.stream,
+            provider: ctx.provider.as_deref(),
+            upstream_model: ctx.upstream_model.as_deref(),
+            attempts: ctx.attempts,
+            status: ctx.status,
             latency_ms,
             ttfb_ms,
-            tokens_in = ctx.usage.input,
-            tokens_out = ctx.usage.output,
-            rejected = rejected.as_deref(),
-            origin = origin.map(origin_name),
-            cut_short = ctx.cut_short,
-            "request"
-        );
+            tokens_in: ctx.usage.input,
+            tokens_out: ctx.usage.output,
+            rejected: rejected.as_deref(),
+            origin: origin.map(origin_name),
+            cut_short: ctx.cut_short,
+        });
         let logging = ctx.snapshot.policy().logging();
         if !logging.request_metadata() {
             return;
