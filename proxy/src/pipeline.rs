@@ -100,7 +100,17 @@ pub async fn handle(
     let trusted = snapshot.policy().access().trusted_proxies();
     let client = crate::address::client(peer, request.headers(), trusted);
     let mut ctx = RequestCtx::new(client, snapshot, dialect);
-    match stages(request, &mut ctx, shared).await {
+    let outcome = {
+        let mut unanswered = Unanswered {
+            ctx: &mut ctx,
+            shared,
+            armed: true,
+        };
+        let outcome = stages(request, &mut *unanswered.ctx, shared).await;
+        unanswered.armed = false;
+        outcome
+    };
+    match outcome {
         Ok(Outcome::Health(response)) => response,
         Ok(Outcome::Answered(response)) => {
             record::finish(&ctx, shared, None);
@@ -118,6 +128,30 @@ pub async fn handle(
             let response = respond::reject(&reject, &mut ctx);
             record::finish(&ctx, shared, Some(&reject));
             response
+        }
+    }
+}
+
+/// The status a request gets in its log line and metadata row when its connection closed
+/// before it had an answer (nginx's "client closed request"); no client ever sees it.
+const CLOSED_BEFORE_ANSWER: u16 = 499;
+
+/// Watches a request while its stages await (reading the body, waiting for an upstream): if
+/// its future is dropped there, because the client went away or shutdown's deadline passed,
+/// the request is still logged and recorded, with status 499. Every other ending is recorded
+/// by [`handle`] or by the relayed body.
+struct Unanswered<'a> {
+    ctx: &'a mut RequestCtx,
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.ctx.status = CLOSED_BEFORE_ANSWER;
+            self.ctx.cut_short = Some("the connection closed before the answer");
+            record::finish(self.ctx, self.shared, None);
         }
     }
 }

@@ -504,6 +504,33 @@ fn a_client_that_goes_away_before_the_answer_cancels_its_upstream_request() {
     }
     let (status, log) = krouter.stop();
     assert!(status.success(), "{log}");
+    // Each is still logged and recorded, as 499 (closed before the answer), once.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(r#""message":"request""#))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    for line in &lines {
+        assert!(line.contains(r#""status":499"#), "{line}");
+        assert!(line.contains(r#""model":"chat""#), "{line}");
+        assert!(
+            line.contains(r#""cut_short":"the connection closed before the answer""#),
+            "{line}"
+        );
+    }
+    let state = rusqlite::Connection::open_with_flags(
+        home.root.join("state/state.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let rows: i64 = state
+        .query_row(
+            "SELECT count(*) FROM requests WHERE status = 499 AND model = 'chat'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 2);
 }
 
 #[test]
