@@ -1,7 +1,7 @@
 //! The client listener: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on one socket,
 //! `TCP_NODELAY` on every accepted connection, the policy's `[limits]` on every connection,
 //! and graceful shutdown: stop accepting, let requests in flight finish up to
-//! [`SHUTDOWN_GRACE`], then close what is left.
+//! [`SHUTDOWN_GRACE`], then close what is left (a request cut there is still recorded).
 //!
 //! Each accepted connection is served with the limits of the policy in force when it was
 //! accepted: hyper's header buffer and header count (HTTP/1.1), header list size, stream
@@ -24,6 +24,7 @@ use hyper_util::server::conn::auto;
 use krouter_policy::{Limits, Policy, PolicyDigest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::body::{Body, BodyError};
@@ -115,6 +116,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         }
     };
     let mut refusals = Refusals::default();
+    // The open connections' tasks, so that what is left after the drain is cut here.
+    let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -164,10 +167,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             Arc::clone(&in_flight),
             stopping.clone(),
         );
-        tokio::spawn(async move {
+        connections.spawn(async move {
             connection.await;
             drop(slot);
         });
+        // Ended connections leave the set as new ones come, so it holds about the open ones.
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
@@ -192,6 +197,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             tracing::warn!("requests still in flight after the grace period were cut");
         }
     }
+    // Cut what is left now, not when the runtime ends: a request cut here is logged and
+    // recorded (as 499) while the metadata writer still runs.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 /// Serves one connection until it ends, a limit closes it, or shutdown has drained it.

@@ -8,7 +8,7 @@
 //! does not flake; a watcher that never fires still fails them.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -749,6 +749,66 @@ fn sigterm_drains_a_stream_in_flight_refuses_new_connections_and_exits_0() {
         )
         .expect("the stream's row");
     assert_eq!(tokens, (11, 7));
+}
+
+/// A request still waiting for its upstream when the grace period ends is cut, and still
+/// logged and recorded (as 499) before the metadata writer stops. Takes the whole grace
+/// period (25 s).
+#[test]
+fn a_request_cut_at_the_end_of_the_grace_period_is_logged_and_recorded() {
+    let (live, keys) = Running::start("", &[("hang", "hang")], APP);
+    let Running {
+        krouter,
+        upstream,
+        home,
+        ..
+    } = live;
+    let body = chat_body("hang", "hi", false);
+    let mut waiting = TcpStream::connect(krouter.addr).expect("connect");
+    write!(
+        waiting,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: krouter\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        keys[0].1,
+        body.len()
+    )
+    .expect("the request");
+    eventually(
+        DEADLINE,
+        "the request at the upstream",
+        || upstream.requests().len(),
+        |n| *n == 1,
+    );
+    let (status, log) = krouter.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let cut = log
+        .find("requests still in flight after the grace period were cut")
+        .unwrap_or_else(|| panic!("no cut warning:\n{log}"));
+    let line = log
+        .lines()
+        .find(|line| line.contains(r#""message":"request""#))
+        .unwrap_or_else(|| panic!("no request line:\n{log}"));
+    assert!(line.contains(r#""status":499"#), "{line}");
+    assert!(line.contains(r#""model":"hang""#), "{line}");
+    let logged = log.find(line).unwrap_or_default();
+    let stopped = log.find(r#""message":"stopped""#).unwrap_or_default();
+    assert!(cut < logged && logged < stopped, "{log}");
+    assert!(log.contains(r#""metadata_rows_dropped":0"#), "{log}");
+    let rows: i64 = state_db(&home)
+        .query_row(
+            "SELECT count(*) FROM requests WHERE status = 499 AND model = 'hang'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the requests table");
+    assert_eq!(rows, 1);
+    // The client saw its connection close without an answer.
+    let mut answer = Vec::new();
+    waiting
+        .set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    let _ = waiting.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }
 
 /// A client that has sent only part of a request head has no request in flight: it must
