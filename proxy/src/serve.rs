@@ -50,7 +50,9 @@ pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
 pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// HTTP/2: how often an idle connection is pinged, and how long the answer may take.
 pub const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
-/// How long a connection closed for a limit has to finish a `GOAWAY` before it is dropped.
+/// How long a connection closed for a limit has to finish a `GOAWAY` before it is dropped;
+/// and at shutdown, how long a connection has to begin its first request, or an HTTP/2 one
+/// with no stream in flight to close by itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Connections refused at the cap are logged at most this often, with a count.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -177,24 +179,33 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
     let _ = stop.send(true);
-    // Connections between requests close at once; a connection still sending its first
-    // request head would hold the drain until its header timeout, so the drain also ends as
-    // soon as no request is in flight.
+    // The drain waits for connections, not only for requests: a response body ends when
+    // its last bytes are handed to hyper, before they are written. Each connection closes
+    // once it has written what it owes (`serve_connection`): an HTTP/1.1 one between
+    // requests at once, and one that never had a request, or an HTTP/2 one with no stream
+    // in flight, within `CLOSE_GRACE`.
     let closed = async {
         while open.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let quiet = async {
-        while in_flight.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
     tokio::select! {
         () = closed => {}
-        () = quiet => tracing::info!("no request in flight; closing the remaining connections"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("requests still in flight after the grace period were cut");
+            let requests = in_flight.load(Ordering::Acquire);
+            let connections = open.load(Ordering::Acquire);
+            if requests > 0 {
+                tracing::warn!(
+                    requests,
+                    connections,
+                    "requests still in flight after the grace period were cut"
+                );
+            } else {
+                tracing::warn!(
+                    connections,
+                    "connections still writing answers after the grace period were cut"
+                );
+            }
         }
     }
     // Cut what is left now, not when the runtime ends: a request cut here is logged and
@@ -216,7 +227,24 @@ async fn serve_connection(
     // The watch starts now, so the first request head is due within the header read time
     // of the accept, the wait for the first packet included.
     let watch = Arc::new(Watch::new(&limits));
-    let sniffed = match tokio::time::timeout(limits.header_read_timeout(), sniff(&stream)).await {
+    let sniffed = {
+        let mut first = pin!(tokio::time::timeout(
+            limits.header_read_timeout(),
+            sniff(&stream)
+        ));
+        let before_stop = tokio::select! {
+            sniffed = first.as_mut() => Some(sniffed),
+            true = async { stopping.wait_for(|stop| *stop).await.is_ok() } => None,
+        };
+        // Shutdown: a connection that has sent nothing yet gets a moment to begin.
+        match before_stop {
+            Some(sniffed) => sniffed,
+            None => tokio::time::timeout(CLOSE_GRACE, first)
+                .await
+                .unwrap_or_else(Err),
+        }
+    };
+    let sniffed = match sniffed {
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(error)) => {
             tracing::debug!(%error, "connection failed before its first request");
@@ -263,9 +291,11 @@ async fn serve_connection(
     // with (and leave) their notifiers on every turn, and the shutdown one is shared by
     // every connection.
     let mut changed = pin!(watch.changed());
-    let mut stopped = pin!(stopping.changed());
+    let mut stopped = pin!(async { stopping.wait_for(|stop| *stop).await.is_ok() });
     let mut closing = false;
     let mut draining = false;
+    // Once shutdown has begun: when to look again for a connection that owes nothing.
+    let mut drain_check: Option<Instant> = None;
     loop {
         tokio::select! {
             // The connection first: its work is what the task is woken for nearly always.
@@ -292,7 +322,20 @@ async fn serve_connection(
                 if closing {
                     return;
                 }
-                let (deadline, expiry) = watch.arm(&limits, None);
+                if let Some(due) = drain_check
+                    && due <= Instant::now()
+                {
+                    if owes_nothing(&watch) {
+                        tracing::debug!("closing a connection that owes nothing at shutdown");
+                        return;
+                    }
+                    // HTTP/2 streams may start and end until the client has seen the GOAWAY.
+                    drain_check = watch.is_http2().then(|| Instant::now() + CLOSE_GRACE);
+                }
+                let (mut deadline, expiry) = watch.arm(&limits, None);
+                if let Some(due) = drain_check {
+                    deadline = deadline.min(due);
+                }
                 if deadline > Instant::now() {
                     timer.as_mut().reset(deadline);
                     continue;
@@ -310,14 +353,33 @@ async fn serve_connection(
                     Expiry::Head | Expiry::Idle | Expiry::Write => return,
                 }
             }
-            result = stopped.as_mut(), if !draining => {
+            stop = stopped.as_mut(), if !draining => {
                 draining = true;
-                if result.is_ok() {
+                if stop {
+                    // hyper closes an HTTP/1.1 connection at once between requests and
+                    // after the answer it owes otherwise, but waits for a first request, and
+                    // an HTTP/2 one once its client has acknowledged the GOAWAY: those get a
+                    // moment (the timer above), not the header read or idle time.
                     connection.as_mut().graceful_shutdown();
+                    if !watch.has_served() || watch.is_http2() {
+                        let due = Instant::now() + CLOSE_GRACE;
+                        drain_check = Some(due);
+                        if due < timer.deadline() {
+                            timer.as_mut().reset(due);
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Whether a draining connection can be dropped without losing anything: it never had a
+/// request (its first head did not come within `CLOSE_GRACE` of the shutdown), or it speaks
+/// HTTP/2 and has had no stream in flight for `CLOSE_GRACE` (time for the last one's frames
+/// to be written).
+fn owes_nothing(watch: &Watch) -> bool {
+    !watch.has_served() || (watch.is_http2() && watch.idle_for() >= Some(CLOSE_GRACE))
 }
 
 /// The connection builder for `limits`.

@@ -266,6 +266,13 @@ pub mod h2 {
         out
     }
 
+    /// The preface, an empty SETTINGS frame and a GET of `path` on stream 1 (headers only).
+    pub fn hello_get(path: &str) -> Vec<u8> {
+        let mut out = hello();
+        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get(path)));
+        out
+    }
+
     /// A header block of literal fields without indexing.
     pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -307,6 +307,21 @@ impl Watch {
             .then(|| self.reads.load(Ordering::Acquire))
     }
 
+    /// Whether a request has been dispatched on the connection.
+    pub(crate) fn has_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had no request in flight (since it was accepted, if it
+    /// never had one); `None` while one is.
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let since = self.idle_since.load(Ordering::Acquire);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(since)))
+    }
+
     /// Whether the connection speaks HTTP/2.
     pub(crate) fn is_http2(&self) -> bool {
         self.protocol() == Protocol::Http2

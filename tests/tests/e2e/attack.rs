@@ -565,14 +565,7 @@ fn slow_and_idle_clients_are_dropped() {
 
     // So is an HTTP/2 connection, with a GOAWAY first.
     let mut raw = Raw::connect(bench.addr());
-    let mut request = h2::hello();
-    request.extend(h2::frame(
-        h2::HEADERS,
-        h2::END_HEADERS | h2::END_STREAM,
-        1,
-        &h2::get("/healthz"),
-    ));
-    raw.send(&request);
+    raw.send(&h2::hello_get("/healthz"));
     assert_eq!(
         h2::reply(&mut raw, 1, WAIT),
         Some(h2::Answer::Headers(Some(200)))

@@ -20,6 +20,7 @@ use krouter_tests::eventually;
 use krouter_tests::home::{TempHome, json_field};
 use krouter_tests::krouter::{Krouter, policy};
 use krouter_tests::leak::{assert_absent, assert_absent_from_files, fake_secret};
+use krouter_tests::raw::{Raw, h2};
 use krouter_tests::upstream::MockUpstream;
 use rusqlite::{Connection, OpenFlags};
 
@@ -763,16 +764,8 @@ fn a_request_cut_at_the_end_of_the_grace_period_is_logged_and_recorded() {
         home,
         ..
     } = live;
-    let body = chat_body("hang", "hi", false);
     let mut waiting = TcpStream::connect(krouter.addr).expect("connect");
-    write!(
-        waiting,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: krouter\r\nauthorization: Bearer {}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        keys[0].1,
-        body.len()
-    )
-    .expect("the request");
+    send_chat(&mut waiting, &keys[0].1, "hang");
     eventually(
         DEADLINE,
         "the request at the upstream",
@@ -811,6 +804,58 @@ fn a_request_cut_at_the_end_of_the_grace_period_is_logged_and_recorded() {
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }
 
+/// A connection accepted just before shutdown that sends its request a moment later is
+/// still answered: a connection gets a moment to begin its first request, and the drain
+/// waits for connections, not only for requests already in flight.
+#[test]
+fn a_request_sent_just_after_shutdown_begins_on_an_open_connection_is_answered() {
+    let (live, keys) = Running::start("", CHAT, APP);
+    let mut early = TcpStream::connect(live.krouter.addr).expect("connect");
+    // Connections are accepted in order: once a later one is served, this one was accepted.
+    assert_eq!(live.serial_in_force(), FIRST_SERIAL);
+    let Running { krouter, .. } = live;
+    let stopping = std::thread::spawn(move || krouter.stop());
+    std::thread::sleep(Duration::from_millis(200));
+    send_chat(&mut early, &keys[0].1, "chat");
+    early
+        .set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    let mut answer = Vec::new();
+    let _ = early.read_to_end(&mut answer);
+    let (status, log) = stopping.join().expect("the stop thread");
+    assert!(status.success(), "{log}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{log}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains(r#""completion_tokens":7"#), "{answer}");
+}
+
+/// A connection that has sent nothing yet when shutdown begins does not hold the process up
+/// for the header read time either.
+#[test]
+fn a_silent_connection_does_not_hold_up_shutdown() {
+    let (live, _) = Running::start("", CHAT, &[]);
+    let silent = TcpStream::connect(live.krouter.addr).expect("connect");
+    assert_eq!(live.serial_in_force(), FIRST_SERIAL);
+    assert_stops_promptly(live.krouter, "a silent connection");
+    drop(silent);
+}
+
+/// An HTTP/2 connection with nothing in flight whose client has stopped answering (it does
+/// not acknowledge the `GOAWAY` ping) does not hold the process up either.
+#[test]
+fn a_quiet_http2_connection_does_not_hold_up_shutdown() {
+    let (live, _) = Running::start("", CHAT, &[]);
+    let mut raw = Raw::connect(live.krouter.addr);
+    raw.send(&h2::hello_get("/healthz"));
+    assert_eq!(
+        h2::reply(&mut raw, 1, DEADLINE),
+        Some(h2::Answer::Headers(Some(200)))
+    );
+    assert_stops_promptly(live.krouter, "a quiet HTTP/2 connection");
+    drop(raw);
+}
+
 /// A client that has sent only part of a request head has no request in flight: it must
 /// not hold the process up for the header-read timeout.
 #[test]
@@ -821,15 +866,32 @@ fn a_half_sent_request_head_does_not_hold_up_shutdown() {
         .expect("half a request head");
     // Connections are accepted in order: once a later one is served, this one was accepted.
     assert_eq!(live.serial_in_force(), FIRST_SERIAL);
+    assert_stops_promptly(live.krouter, "a half-sent request head");
+    drop(slow);
+}
+
+/// Writes a chat completion request for `model` (not streaming) on a raw connection.
+fn send_chat(connection: &mut TcpStream, key: &str, model: &str) {
+    let body = chat_body(model, "hi", false);
+    write!(
+        connection,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: krouter\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("the request");
+}
+
+/// Stops `krouter` with `what` open: it must exit 0 well before any header read time.
+fn assert_stops_promptly(krouter: Krouter, what: &str) {
     let started = Instant::now();
-    let (status, log) = live.krouter.stop();
+    let (status, log) = krouter.stop();
     let took = started.elapsed();
     assert!(status.success(), "{log}");
     assert!(
         took < DEADLINE,
-        "shutdown took {took:?} with a half-sent request head open:\n{log}"
+        "shutdown took {took:?} with {what} open:\n{log}"
     );
-    drop(slow);
 }
 
 // === metadata rows ===
