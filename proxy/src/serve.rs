@@ -388,10 +388,11 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // The watch closes a slow head at the header read time; hyper's own timer, which
-        // starts when the connection goes idle, is a backstop behind it.
-        .header_read_timeout(limits.header_read_timeout() + limits.keep_alive_idle())
+        // The watch closes a slow head at the header read time and an idle connection at
+        // the idle time. hyper's own header timer (30 s unless told otherwise) would be reset
+        // twice per request, about 2 % of a request's instructions, and would start when the
+        // connection goes idle, so it could not tell an idle connection from a slow head.
+        .header_read_timeout(None)
         // hyper refuses a buffer under 8 KiB; the policy's bounds keep the value above.
         .max_buf_size(usize::try_from(header_bytes).unwrap_or(usize::MAX))
         .max_headers(usize::try_from(limits.max_headers()).unwrap_or(usize::MAX))
