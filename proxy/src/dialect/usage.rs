@@ -236,7 +236,12 @@ fn merge(usage: &mut Usage, json: &[u8]) {
     if !mentions_usage(json) {
         return;
     }
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(json) else {
+    // One UTF-8 check of the whole document, not one per member name as `from_slice` does
+    // (invalid UTF-8 fails either way).
+    let Ok(text) = std::str::from_utf8(json) else {
+        return;
+    };
+    let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
         return;
     };
     let fields = [
