@@ -359,14 +359,13 @@ async fn serve_connection(
                     // hyper closes an HTTP/1.1 connection at once between requests and
                     // after the answer it owes otherwise, but waits for a first request, and
                     // an HTTP/2 one once its client has acknowledged the GOAWAY: those get a
-                    // moment (the timer above), not the header read or idle time.
+                    // moment (the timer above, `owes_nothing`), not the header read or idle
+                    // time.
                     connection.as_mut().graceful_shutdown();
-                    if !watch.has_served() || watch.is_http2() {
-                        let due = Instant::now() + CLOSE_GRACE;
-                        drain_check = Some(due);
-                        if due < timer.deadline() {
-                            timer.as_mut().reset(due);
-                        }
+                    let due = Instant::now() + CLOSE_GRACE;
+                    drain_check = Some(due);
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
                     }
                 }
             }
