@@ -146,7 +146,8 @@ pub struct Logging {
 /// `[limits]`: how much one client may make the proxy hold. Connection-level values
 /// (header size and count, header and idle times, the response write time, HTTP/2 streams)
 /// apply to connections accepted after the policy is in force; the others
-/// (`max_connections`, body sizes and body times) to each new connection or request.
+/// (`max_connections`, `max_connections_per_address`, body sizes and body times) to each new
+/// connection or request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub(crate) max_header_bytes: u32,
@@ -158,6 +159,7 @@ pub struct Limits {
     pub(crate) body_min_rate_grace: Duration,
     pub(crate) response_write_timeout: Duration,
     pub(crate) max_connections: u32,
+    pub(crate) max_connections_per_address: u32,
     pub(crate) h2_max_concurrent_streams: u32,
     pub(crate) max_body_bytes: BodyLimits,
 }
@@ -737,6 +739,13 @@ impl Limits {
     /// Most client connections open at once (default 1,024).
     pub fn max_connections(&self) -> u32 {
         self.max_connections
+    }
+
+    /// Most client connections open at once from one address, an IPv4 address or an IPv6
+    /// /64 (default 512), so that one address cannot take every slot. Connections from a
+    /// trusted proxy are not counted: they carry many clients.
+    pub fn max_connections_per_address(&self) -> u32 {
+        self.max_connections_per_address
     }
 
     /// Most concurrent streams on one HTTP/2 connection (default 100).

@@ -144,6 +144,7 @@ pub(crate) struct RawLimits {
     pub(crate) body_min_rate_grace_ms: Option<Spanned<i64>>,
     pub(crate) response_write_timeout_ms: Option<Spanned<i64>>,
     pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_connections_per_address: Option<Spanned<i64>>,
     pub(crate) h2_max_concurrent_streams: Option<Spanned<i64>>,
     pub(crate) max_body_bytes: Option<Spanned<RawBodyLimits>>,
 }

@@ -83,6 +83,7 @@ fn limits_have_their_documented_defaults_and_can_be_set() {
     assert_eq!(l.body_min_rate_grace(), Duration::from_secs(5));
     assert_eq!(l.response_write_timeout(), Duration::from_secs(60));
     assert_eq!(l.max_connections(), 1024);
+    assert_eq!(l.max_connections_per_address(), 512);
     assert_eq!(l.h2_max_concurrent_streams(), 100);
     let b = l.max_body_bytes();
     let mib = 1024 * 1024;
@@ -99,7 +100,7 @@ fn limits_have_their_documented_defaults_and_can_be_set() {
     assert_eq!(b.largest(), 32 * mib);
 
     let tight = format!(
-        "{MINIMAL}[limits]\nmax_header_bytes = 8192\nheader_read_timeout_ms = 1500\nbody_min_bytes_per_sec = 0\nmax_connections = 8\n[limits.max_body_bytes]\nchat_completions = 2048\nresponses = 1024\nmessages = 4096\ncount_tokens = 1024\nembeddings = 1024\n"
+        "{MINIMAL}[limits]\nmax_header_bytes = 8192\nheader_read_timeout_ms = 1500\nbody_min_bytes_per_sec = 0\nmax_connections = 8\nmax_connections_per_address = 2\n[limits.max_body_bytes]\nchat_completions = 2048\nresponses = 1024\nmessages = 4096\ncount_tokens = 1024\nembeddings = 1024\n"
     );
     let policy = signed(&tight);
     let l = policy.limits();
@@ -107,6 +108,7 @@ fn limits_have_their_documented_defaults_and_can_be_set() {
     assert_eq!(l.header_read_timeout(), Duration::from_millis(1500));
     assert_eq!(l.body_min_bytes_per_sec(), 0);
     assert_eq!(l.max_connections(), 8);
+    assert_eq!(l.max_connections_per_address(), 2);
     assert_eq!(l.max_body_bytes().largest(), 4096);
     assert_eq!(
         l.keep_alive_idle(),
@@ -416,6 +418,11 @@ fn every_validation_rule_names_line_field_and_problem() {
             "header buffer below hyper's minimum",
             with("[limits]\nmax_header_bytes = 4096\n"),
             ":16 limits.max_header_bytes: must be between 8192 and 1048576, got 4096",
+        ),
+        (
+            "no connection per address",
+            with("[limits]\nmax_connections_per_address = 0\n"),
+            ":16 limits.max_connections_per_address: must be between 1 and 1000000, got 0",
         ),
         (
             "too few headers",

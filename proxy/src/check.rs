@@ -164,12 +164,13 @@ fn limits(out: &mut String, limits: &Limits) {
     let ms = |d: std::time::Duration| d.as_millis();
     let _ = writeln!(
         out,
-        "  limits      head {} bytes, {} headers, head within {} ms, idle {} ms, {} connections, {} HTTP/2 streams",
+        "  limits      head {} bytes, {} headers, head within {} ms, idle {} ms, {} connections ({} per address), {} HTTP/2 streams",
         limits.max_header_bytes(),
         limits.max_headers(),
         ms(limits.header_read_timeout()),
         ms(limits.keep_alive_idle()),
         limits.max_connections(),
+        limits.max_connections_per_address(),
         limits.h2_max_concurrent_streams()
     );
     let _ = writeln!(

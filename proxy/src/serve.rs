@@ -6,7 +6,8 @@
 //! Each accepted connection is served with the limits of the policy in force when it was
 //! accepted: hyper's header buffer and header count (HTTP/1.1), header list size, stream
 //! count and reset limits (HTTP/2); and krouter's own watch ([`conn`]) for the header read
-//! time, the keep-alive idle time and the response write time. Beyond `max_connections`, a
+//! time, the keep-alive idle time and the response write time. Beyond `max_connections`, or
+//! beyond `max_connections_per_address` from one address (not counting trusted proxies), a
 //! new connection gets a bare `503` (best effort: one non-blocking write) and is closed.
 
 use std::convert::Infallible;
@@ -27,14 +28,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::address::ClientKey;
 use crate::body::{Body, BodyError};
 use crate::pipeline::{self, Shared};
 use crate::respond;
 
 mod conn;
+mod per_address;
 mod socket;
 
 use conn::{Active, Expiry, Watch, Watched};
+use per_address::PerAddress;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 /// Below Kubernetes' default 30 s termination grace, leaving time to write metadata.
@@ -89,11 +93,22 @@ enum Sniffed {
     Unsure,
 }
 
-/// Connections refused at the cap since the last log line.
+/// Connections refused at a cap since the last log line.
 #[derive(Default)]
 struct Refusals {
     count: u64,
     logged: Option<Instant>,
+    /// The address refused last, for the per-address cap's line.
+    last: Option<ClientKey>,
+}
+
+/// Which cap refused a connection.
+#[derive(Clone, Copy)]
+enum Cap {
+    /// `max_connections`.
+    Total(u32),
+    /// `max_connections_per_address`.
+    PerAddress(u32),
 }
 
 /// Counts one open connection while it lives.
@@ -118,6 +133,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         }
     };
     let mut refusals = Refusals::default();
+    let mut address_refusals = Refusals::default();
+    let per_address = PerAddress::default();
     // The open connections' tasks, so that what is left after the drain is cut here.
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -140,9 +157,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         // trusted proxy) and is refused takes no connection slot and sends nothing that is
         // read. Behind a trusted proxy the forwarded client is judged per request.
         let access = policy.access();
-        if !access.ip_admitted(peer.ip())
-            && !crate::address::is_trusted(peer.ip(), access.trusted_proxies())
-        {
+        let trusted = crate::address::is_trusted(peer.ip(), access.trusted_proxies());
+        if !trusted && !access.ip_admitted(peer.ip()) {
             tracing::debug!(client = %peer.ip(), "connection from a denied address refused");
             let _ = stream.try_write(DENIED);
             continue;
@@ -150,11 +166,27 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         let limits = *policy.limits();
         let cap = usize::try_from(limits.max_connections()).unwrap_or(usize::MAX);
         if open.load(Ordering::Acquire) >= cap {
-            refusals.refused(limits.max_connections());
+            refusals.refused(Cap::Total(limits.max_connections()), None);
             refuse(&stream);
             continue;
         }
-        refusals.flush(limits.max_connections());
+        refusals.flush(Cap::Total(limits.max_connections()));
+        // A trusted proxy's connections carry many clients: only the total cap holds them.
+        let per_address_cap = Cap::PerAddress(limits.max_connections_per_address());
+        let address_slot = if trusted {
+            None
+        } else {
+            let key = ClientKey::of(peer.ip());
+            match per_address.admit(key, limits.max_connections_per_address()) {
+                Some(slot) => Some(slot),
+                None => {
+                    address_refusals.refused(per_address_cap, Some(key));
+                    refuse(&stream);
+                    continue;
+                }
+            }
+        };
+        address_refusals.flush(per_address_cap);
         let slot = Open::count(&open);
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
@@ -171,6 +203,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         );
         connections.spawn(async move {
             connection.await;
+            drop(address_slot);
             drop(slot);
         });
         // Ended connections leave the set as new ones come, so it holds about the open ones.
@@ -468,24 +501,35 @@ impl Protocols {
 // === impl Refusals ===
 
 impl Refusals {
-    /// Counts a refused connection; logs at once if nothing was logged recently.
-    fn refused(&mut self, cap: u32) {
+    /// Counts a refused connection (from `client`, at the per-address cap); logs at once if
+    /// nothing was logged recently.
+    fn refused(&mut self, cap: Cap, client: Option<ClientKey>) {
         self.count += 1;
+        self.last = client;
         self.flush(cap);
     }
 
     /// Logs the refusals counted, if any and if the last line is old enough.
-    fn flush(&mut self, cap: u32) {
+    fn flush(&mut self, cap: Cap) {
         if self.count > 0
             && self
                 .logged
                 .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY)
         {
-            tracing::warn!(
-                refused = self.count,
-                max_connections = cap,
-                "connection limit reached: new connections refused with 503"
-            );
+            match cap {
+                Cap::Total(cap) => tracing::warn!(
+                    refused = self.count,
+                    max_connections = cap,
+                    "connection limit reached: new connections refused with 503"
+                ),
+                Cap::PerAddress(cap) => tracing::warn!(
+                    refused = self.count,
+                    max_connections_per_address = cap,
+                    last_client = %self.last.map_or_else(String::new, |c| c.to_string()),
+                    "per-address connection cap reached: new connections from an address \
+                     that holds its share refused with 503"
+                ),
+            }
             self.count = 0;
             self.logged = Some(Instant::now());
         }

@@ -38,6 +38,7 @@ impl Checker<'_> {
             body_min_rate_grace_ms: None,
             response_write_timeout_ms: None,
             max_connections: None,
+            max_connections_per_address: None,
             h2_max_concurrent_streams: None,
             max_body_bytes: None,
         };
@@ -111,6 +112,15 @@ impl Checker<'_> {
                     min: 1,
                     max: 1_000_000,
                     default: 1_024,
+                },
+            ),
+            max_connections_per_address: self.count(
+                &l.max_connections_per_address,
+                "limits.max_connections_per_address",
+                &Bounds {
+                    min: 1,
+                    max: 1_000_000,
+                    default: 512,
                 },
             ),
             h2_max_concurrent_streams: self.count(

@@ -14,6 +14,7 @@ use krouter_tests::client::{Reply, send};
 use krouter_tests::home::{TempHome, json_field};
 use krouter_tests::krouter::Krouter;
 use krouter_tests::leak::{assert_absent, assert_absent_from_files};
+use krouter_tests::raw::{Outcome, Raw};
 use krouter_tests::upstream::MockUpstream;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -27,6 +28,9 @@ const FIRST_SERIAL: u64 = 2;
 const LENIENT_LOCKOUT: &str = "[access.lockout]\nmax_failures = 1000\n\n";
 /// The message of the log line every failed authentication leaves.
 const AUTH_FAILED: &str = "authentication failed";
+/// The message of the line refusals at the per-address connection cap leave.
+const PER_ADDRESS_CAP: &str = "per-address connection cap reached: new connections from an address that holds its share refused with 503";
+
 /// The message of the log line a lockout leaves.
 const LOCKED_OUT: &str = "client locked out after failed authentications";
 
@@ -1390,4 +1394,95 @@ fn client_input_cannot_forge_log_lines() {
         !log.contains('\r') && !log.contains('\u{1b}'),
         "raw control characters:\n{log:?}"
     );
+}
+
+// === connections per address ===
+
+/// Opens a connection and starts a request head on it without finishing it: it holds a
+/// connection slot (until the head read time) and nothing is answered.
+fn hold(krouter: &Krouter) -> Raw {
+    let mut raw = Raw::connect(krouter.addr);
+    assert!(raw.send(b"GET /healthz HTTP/1.1\r\n"));
+    raw
+}
+
+/// `GET /healthz` on a fresh connection: its status, or `None` for a close without one.
+fn health_on_new_connection(krouter: &Krouter) -> Option<u16> {
+    let mut raw = Raw::connect(krouter.addr);
+    if !raw.send(b"GET /healthz HTTP/1.1\r\nHost: krouter\r\n\r\n") {
+        return None;
+    }
+    match raw.response(DEADLINE) {
+        Outcome::Response(response) => {
+            if response.status == 503 {
+                assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+                assert!(
+                    raw.closed_within(DEADLINE),
+                    "a refused connection stayed open"
+                );
+            }
+            Some(response.status)
+        }
+        Outcome::Closed => None,
+        Outcome::Silent => panic!("neither answered nor closed"),
+    }
+}
+
+/// One address (here 127.0.0.1) gets `max_connections_per_address` connections and a bare
+/// 503 beyond them, logged sparingly with the address; a connection that ends gives its
+/// slot back.
+#[test]
+fn one_address_gets_its_share_of_connections_and_no_more() {
+    let (home, _upstream) = edge_home("", "[limits]\nmax_connections_per_address = 3\n");
+    let krouter = Krouter::spawn(&home, &[]);
+    let mut holders: Vec<Raw> = (0..3).map(|_| hold(&krouter)).collect();
+    // The slots are taken when krouter accepts: give it a moment to accept all three.
+    std::thread::sleep(Duration::from_millis(500));
+    for attempt in 0..5 {
+        let status = health_on_new_connection(&krouter);
+        assert!(
+            matches!(status, Some(503) | None),
+            "attempt {attempt}: {status:?}"
+        );
+    }
+    let lines = wait_for_lines(&krouter, PER_ADDRESS_CAP, 1);
+    assert_eq!(lines[0]["max_connections_per_address"], 3, "{}", lines[0]);
+    assert_eq!(lines[0]["last_client"], "127.0.0.1", "{}", lines[0]);
+    // The total cap (1,024) was never the reason.
+    assert!(
+        !krouter.log().contains("connection limit reached"),
+        "{}",
+        krouter.log()
+    );
+    // One holder leaves: its slot serves a new connection.
+    drop(holders.pop());
+    let started = Instant::now();
+    while health_on_new_connection(&krouter) != Some(200) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a freed slot was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(holders);
+}
+
+/// A trusted proxy's connections carry many clients: the per-address cap does not count
+/// them (only `max_connections` does).
+#[test]
+fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
+    let (home, _upstream) = edge_home(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "[limits]\nmax_connections_per_address = 2\n",
+    );
+    let krouter = Krouter::spawn(&home, &[]);
+    let holders: Vec<Raw> = (0..4).map(|_| hold(&krouter)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(health_on_new_connection(&krouter), Some(200));
+    assert!(
+        !krouter.log().contains(PER_ADDRESS_CAP),
+        "{}",
+        krouter.log()
+    );
+    drop(holders);
 }

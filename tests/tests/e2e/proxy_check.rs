@@ -25,7 +25,7 @@ fn a_fresh_home_checks_out_without_showing_secrets() {
         "lockout     10 failures in 60 s lock an address for 900 s",
         "rate limits 120 per minute per address without a valid key",
         "cors origins none",
-        "limits      head 32768 bytes, 100 headers, head within 10000 ms, idle 60000 ms, 1024 connections, 100 HTTP/2 streams",
+        "limits      head 32768 bytes, 100 headers, head within 10000 ms, idle 60000 ms, 1024 connections (512 per address), 100 HTTP/2 streams",
         "embeddings 4194304",
     ] {
         assert!(run.stdout.contains(want), "{want}: {run:?}");
