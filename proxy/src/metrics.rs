@@ -4,8 +4,9 @@
 //!
 //! Counted as requests end: requests by endpoint, status and provider; latency and time to
 //! first byte by endpoint; rejections by reason (rate limit, budget, lockout, every target
-//! unavailable); upstream attempts by provider and outcome. Counted as they happen: lockouts
-//! and policy reloads (applied or refused). Read at each scrape: the circuit breakers and
+//! unavailable); upstream attempts by provider and outcome. Counted as they happen: lockouts,
+//! connections refused at accept (by cap or address list) and policy reloads (applied or
+//! refused). Read at each scrape: the circuit breakers and
 //! rests, the metadata rows dropped, and the policy serial in force. Labels are endpoint
 //! names, statuses and the policy's provider and model names: never a key, a client address
 //! or anything a client chooses.
@@ -61,6 +62,7 @@ pub struct Metrics {
     rejections: Family<ReasonLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     lockouts: Counter,
+    refused_connections: Family<ReasonLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     breakers: Family<TargetLabels, Gauge>,
     dropped: Counter,
@@ -187,6 +189,12 @@ impl Metrics {
             "Client addresses locked out after failed authentications",
             lockouts.clone(),
         );
+        let refused_connections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused as they were accepted: over max_connections, over max_connections_per_address, or from an address the policy's lists deny",
+            refused_connections.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -221,6 +229,7 @@ impl Metrics {
             rejections,
             attempts,
             lockouts,
+            refused_connections,
             reloads,
             breakers,
             dropped,
@@ -264,6 +273,14 @@ impl Metrics {
                 provider: Arc::clone(provider),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Counts a client connection refused at accept: `reason` is `max_connections`,
+    /// `max_connections_per_address` or `address_denied`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -160,6 +160,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         let trusted = crate::address::is_trusted(peer.ip(), access.trusted_proxies());
         if !trusted && !access.ip_admitted(peer.ip()) {
             tracing::debug!(client = %peer.ip(), "connection from a denied address refused");
+            shared.metrics.connection_refused("address_denied");
             let _ = stream.try_write(DENIED);
             continue;
         }
@@ -167,6 +168,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         let cap = usize::try_from(limits.max_connections()).unwrap_or(usize::MAX);
         if open.load(Ordering::Acquire) >= cap {
             refusals.refused(Cap::Total(limits.max_connections()), None);
+            shared.metrics.connection_refused("max_connections");
             refuse(&stream);
             continue;
         }
@@ -181,6 +183,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                 Some(slot) => Some(slot),
                 None => {
                     address_refusals.refused(per_address_cap, Some(key));
+                    shared
+                        .metrics
+                        .connection_refused("max_connections_per_address");
                     refuse(&stream);
                     continue;
                 }

@@ -17,6 +17,8 @@ use krouter_tests::krouter::{Krouter, policy};
 use krouter_tests::raw::{Outcome, Raw, h2, status_of};
 use krouter_tests::upstream::MockUpstream;
 
+use super::metrics::{scrape, value};
+
 /// How long any single answer or close may take to show up.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -621,6 +623,13 @@ fn connections_beyond_the_cap_are_refused_and_logged_sparingly() {
             Outcome::Silent => panic!("attempt {attempt}: neither refused nor closed"),
         }
     }
+    assert_eq!(
+        value(
+            &scrape(&bench.krouter),
+            "krouter_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        10.0
+    );
     drop(holders);
     bench.healthy("the cap");
     // One line at once, then at most one per 10 s: the ten refusals above make one or two.

@@ -19,6 +19,8 @@ use krouter_tests::upstream::MockUpstream;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
+use super::metrics::{scrape, value};
+
 /// How long a log line or a policy reload may take to show (the watcher looks every 250 ms,
 /// the log is flushed every 50 ms); generous for a loaded two-core machine.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -772,6 +774,13 @@ fn allow_and_deny_lists_are_checked_before_anything_else() {
     for n in 1..=12 {
         assert_refused_as_it_connects(&krouter, &format!("denied peer, connection {n}"));
     }
+    assert_eq!(
+        value(
+            &scrape(&krouter),
+            "krouter_connections_refused_total{reason=\"address_denied\"}"
+        ),
+        12.0
+    );
     // Allow list: an address outside it is refused.
     swap_policy(
         &home,
@@ -1445,6 +1454,18 @@ fn one_address_gets_its_share_of_connections_and_no_more() {
             "attempt {attempt}: {status:?}"
         );
     }
+    let refused = scrape(&krouter);
+    assert_eq!(
+        value(
+            &refused,
+            "krouter_connections_refused_total{reason=\"max_connections_per_address\"}"
+        ),
+        5.0
+    );
+    assert!(
+        !refused.contains_key("krouter_connections_refused_total{reason=\"max_connections\"}"),
+        "{refused:#?}"
+    );
     let lines = wait_for_lines(&krouter, PER_ADDRESS_CAP, 1);
     assert_eq!(lines[0]["max_connections_per_address"], 3, "{}", lines[0]);
     assert_eq!(lines[0]["last_client"], "127.0.0.1", "{}", lines[0]);

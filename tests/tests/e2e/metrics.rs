@@ -14,7 +14,7 @@ use super::proxy_serve::{chat, complete, provider, route};
 
 /// One scrape, parsed: `name{labels}` (labels sorted as written) to value. Panics on a line
 /// that is not a comment, a sample or the final `# EOF`.
-fn scrape(krouter: &Krouter) -> BTreeMap<String, f64> {
+pub(super) fn scrape(krouter: &Krouter) -> BTreeMap<String, f64> {
     let addr = krouter.metrics.expect("a metrics listener");
     let reply = send("GET", &format!("http://{addr}/metrics"), &[], "");
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -51,7 +51,7 @@ fn scrape(krouter: &Krouter) -> BTreeMap<String, f64> {
     samples
 }
 
-fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+pub(super) fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
         .get(series)
         .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
