@@ -6,10 +6,9 @@
 //! first byte by endpoint; rejections by reason (rate limit, budget, lockout, every target
 //! unavailable); upstream attempts by provider and outcome. Counted as they happen: lockouts,
 //! connections refused at accept (by cap or address list) and policy reloads (applied or
-//! refused). Read at each scrape: the circuit breakers and
-//! rests, the metadata rows dropped, and the policy serial in force. Labels are endpoint
-//! names, statuses and the policy's provider and model names: never a key, a client address
-//! or anything a client chooses.
+//! refused). Read at each scrape: the circuit breakers and rests, the metadata rows dropped,
+//! and the policy serial in force. Labels are endpoint names, statuses and the policy's
+//! provider and model names: never a key, a client address or anything a client chooses.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
