@@ -10,7 +10,7 @@ use crate::address::ClientKey;
 
 /// The open connections by address. Keyed by addresses clients choose, so it keeps the
 /// standard library's keyed hash.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct PerAddress {
     open: Arc<Mutex<HashMap<ClientKey, u32>>>,
 }
