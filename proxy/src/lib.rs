@@ -29,6 +29,7 @@ pub mod ctx;
 pub mod dialect;
 mod error;
 pub mod health;
+pub mod joined;
 pub mod limits;
 pub mod lockout;
 pub mod logging;

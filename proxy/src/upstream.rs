@@ -40,6 +40,7 @@ use tower_service::Service as _;
 pub mod connect;
 
 use crate::error::UpstreamFailure;
+use crate::joined::Joined;
 use connect::SsrfResolver;
 
 /// How often idle connections are looked over; one idle for [`IDLE_SWEEPS`] sweeps is
@@ -274,7 +275,8 @@ impl Upstream {
             pool.share_h2(sender.clone());
             Ok(Sender::H2(sender))
         } else {
-            let (sender, connection) = http1::handshake(io)
+            // A request's head and a small body go out in one `send` (`joined`).
+            let (sender, connection) = http1::handshake(Joined(io))
                 .await
                 .map_err(|_| UpstreamFailure::Connect)?;
             tokio::spawn(async move {
