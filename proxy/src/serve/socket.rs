@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::conn::Watch;
-use crate::joined::{JOIN_UP_TO, Pieces, join};
+use crate::joined::{Pieces, join};
 
 /// hyper's side of a client socket: reads and writes as tokio's own `TcpStream` does them,
 /// on a shared stream, except that small writes in pieces go out joined ([`join`]).
@@ -123,21 +123,19 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut joined = [0u8; JOIN_UP_TO];
-        match join(bufs, &mut joined) {
-            Pieces::One(only) => self.poll_write(cx, only),
-            Pieces::Joined(len) => self.poll_write(cx, joined.get(..len).unwrap_or_default()),
+        join(bufs, |pieces| match pieces {
+            Pieces::One(one) => self.as_mut().poll_write(cx, one),
             Pieces::Vectored => {
                 let len = bufs.iter().map(|buf| buf.len()).sum();
                 self.poll_io(cx, Interest::WRITABLE, len, |stream| {
                     stream.try_write_vectored(bufs)
                 })
             }
-        }
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
